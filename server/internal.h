@@ -61,10 +61,12 @@ struct thread_state {
   size_t last_error_len;
   char *buf;                    /* owned: READ/WRITE data buffer */
   size_t buf_size;
+  struct nbdkit_extents *extents; /* owned: block status scratch list */
 };
 struct thread_state *thread_state (void);
 void *thread_buffer (size_t n); /* NULL with errno ENOMEM */
 void thread_clear_error (void);
+struct nbdkit_extents *thread_extents (void); /* NULL: ENOMEM */
 
 /* quit.c: shutting the server down. */
 extern volatile int quit;       /* set once; never cleared */
@@ -88,6 +90,8 @@ struct nbdkit_extents {
 };
 void extents_reset (struct nbdkit_extents *e, uint64_t start, uint64_t end);
 void extents_release (struct nbdkit_extents *e);
+struct nbdkit_extents *nbdkit_extents_new (uint64_t start, uint64_t end);
+void nbdkit_extents_free (struct nbdkit_extents *e);
 
 /* exports.c: struct nbdkit_exports and the default export. */
 struct export_entry {
@@ -106,6 +110,7 @@ void exports_free (struct nbdkit_exports *exports);
  * until unload outside a connection).
  */
 struct intern_set;
+struct intern_set **threadlocal_intern_set (void); /* public.c */
 void intern_set_free (struct intern_set **set);
 
 /* plugin.c: the loaded plugin and the capabilities of an open export. */

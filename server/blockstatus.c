@@ -1,0 +1,50 @@
+/* nbdsrv: turning an extent list into base:allocation descriptors.
+ * Pure: unit-tested in tests/unit/test-blockstatus.c.
+ */
+#include "config.h"
+
+#include <endian.h>
+
+#include "internal.h"
+#include "protocol.h"
+
+/* Longest descriptor: lengths are u32 on the wire. */
+#define DESC_MAX_LENGTH UINT32_C (0xffffffff)
+
+/* Fill OUT (at most MAX entries, MAX >= 1) with descriptors for the
+ * request [offset, offset+count), from extents that start at offset.
+ * R-21: with REQ_ONE, one descriptor clipped to the request.  R-22:
+ * otherwise stop after the descriptor that reaches the request's end;
+ * it may extend past it.  Extents longer than a u32 are split.
+ * Returns the number of descriptors (R-23: at least one when E has
+ * extents).
+ */
+size_t
+blockstatus_encode (const struct nbdkit_extents *e,
+                    uint64_t offset, uint64_t count, bool req_one,
+                    struct nbd_block_descriptor *out, size_t max)
+{
+  const uint64_t end = offset + count;
+  uint64_t pos = offset;
+  size_t n = 0;
+
+  for (size_t i = 0; i < e->len && n < max && pos < end; i++) {
+    uint64_t left = e->ptr[i].length;
+    uint32_t status = e->ptr[i].type & (NBD_STATE_HOLE | NBD_STATE_ZERO);
+
+    while (left > 0 && n < max && pos < end) {
+      uint64_t len = left < DESC_MAX_LENGTH ? left : DESC_MAX_LENGTH;
+
+      if (req_one && len > count)
+        len = count;
+      out[n].length = htobe32 ((uint32_t) len);
+      out[n].status_flags = htobe32 (status);
+      n++;
+      if (req_one)
+        return n;
+      pos += len;
+      left -= len;
+    }
+  }
+  return n;
+}

@@ -1,0 +1,357 @@
+/* nbdsrv: a client connection's life: worker threads, socket I/O,
+ * shutdown.
+ *
+ * The thread that accepted the connection does the handshake and then
+ * becomes the first worker.  More workers start only when a request
+ * arrives while no worker is waiting to read the next one, so a client
+ * that asks one thing and leaves costs one thread, and a client with 32
+ * requests in flight gets up to -t workers.  The last worker to leave
+ * frees the connection.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/uio.h>
+
+#include "internal.h"
+#include "connection.h"
+
+/* Live connections, for shutdown and for waiting at exit. */
+static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t conns_cond = PTHREAD_COND_INITIALIZER;
+static struct connection *conns;
+static unsigned nconns;
+unsigned conns_served;
+
+/* SERIALIZE_CONNECTIONS: one connection at a time in the process. */
+static pthread_mutex_t connection_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int64_t
+now_ms (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+struct connection *
+conn_new (int fd_in, int fd_out)
+{
+  struct connection *conn = calloc (1, sizeof *conn);
+
+  if (conn == NULL || (conn->rbuf = malloc (CONN_RBUF_SIZE)) == NULL) {
+    server_error ("cannot accept a connection: out of memory");
+    free (conn);
+    return NULL;
+  }
+  conn->fd_in = fd_in;
+  conn->fd_out = fd_out;
+  conn->peer_len = sizeof conn->peer;
+  conn->is_socket =
+    getpeername (fd_in, (struct sockaddr *) &conn->peer,
+                 &conn->peer_len) == 0 || errno != ENOTSOCK;
+  if (!conn->is_socket)
+    conn->peer_len = 0;
+  atomic_init (&conn->status, CONN_ACTIVE);
+  atomic_init (&conn->readers_waiting, 0);
+  pthread_mutex_init (&conn->read_lock, NULL);
+  pthread_mutex_init (&conn->write_lock, NULL);
+  pthread_mutex_init (&conn->workers_lock, NULL);
+  conn->max_workers =
+    plugin.thread_model == NBDKIT_THREAD_MODEL_PARALLEL ? cfg.threads : 1;
+  if (cfg.handshake_timeout)
+    conn->deadline_ms = now_ms () + cfg.handshake_timeout * INT64_C (1000);
+
+  pthread_mutex_lock (&conns_lock);
+  conn->id = ++conns_served;
+  conn->next = conns;
+  conns = conn;
+  nconns++;
+  pthread_mutex_unlock (&conns_lock);
+  return conn;
+}
+
+static void
+conn_free (struct connection *conn)
+{
+  struct connection **pp;
+
+  thread_state ()->conn = conn;
+  if (conn->exp_open)
+    backend_close (&conn->exp);
+  thread_state ()->conn = NULL;
+  intern_set_free (&conn->interned);
+  if (conn->is_socket) {
+    close (conn->fd_in);
+  }
+  else {
+    /* -s: closing stdout tells the client we are gone. */
+    close (conn->fd_in);
+    close (conn->fd_out);
+  }
+  free (conn->meta_export);
+  free (conn->rbuf);
+  pthread_mutex_destroy (&conn->read_lock);
+  pthread_mutex_destroy (&conn->write_lock);
+  pthread_mutex_destroy (&conn->workers_lock);
+
+  pthread_mutex_lock (&conns_lock);
+  for (pp = &conns; *pp != conn; pp = &(*pp)->next)
+    ;
+  *pp = conn->next;
+  nconns--;
+  pthread_cond_broadcast (&conns_cond);
+  pthread_mutex_unlock (&conns_lock);
+  free (conn);
+}
+
+void
+conn_set_status (struct connection *conn, enum conn_status s)
+{
+  int old = atomic_load (&conn->status);
+
+  /* Status only ever goes down. */
+  while ((int) s < old &&
+         !atomic_compare_exchange_weak (&conn->status, &old, (int) s))
+    ;
+}
+
+/* One worker: run the request loop; the last one out frees. */
+static void
+worker_run (struct connection *conn)
+{
+  bool last;
+
+  thread_state ()->conn = conn;
+  protocol_worker (conn);
+  thread_state ()->conn = NULL;
+  pthread_mutex_lock (&conn->workers_lock);
+  last = --conn->nworkers == 0;
+  pthread_mutex_unlock (&conn->workers_lock);
+  if (last)
+    conn_free (conn);
+}
+
+static void *
+worker_thread (void *arg)
+{
+  worker_run (arg);
+  return NULL;
+}
+
+/* Called by a worker that holds read_lock and has just taken a request:
+ * if nobody is queued to read the next one, start another worker.
+ */
+void
+conn_maybe_add_worker (struct connection *conn)
+{
+  pthread_t thread;
+  pthread_attr_t attr;
+
+  if (atomic_load (&conn->readers_waiting) > 0)
+    return;
+  pthread_mutex_lock (&conn->workers_lock);
+  if (conn->nworkers < conn->max_workers) {
+    pthread_attr_init (&attr);
+    pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create (&thread, &attr, worker_thread, conn) == 0)
+      conn->nworkers++;
+    pthread_attr_destroy (&attr);
+  }
+  pthread_mutex_unlock (&conn->workers_lock);
+}
+
+void
+conn_serve (struct connection *conn)
+{
+  bool serialize =
+    plugin.thread_model == NBDKIT_THREAD_MODEL_SERIALIZE_CONNECTIONS;
+
+  if (serialize)
+    pthread_mutex_lock (&connection_lock);
+  thread_state ()->conn = conn;
+  conn->nworkers = 1;
+  if ((plugin.p.preconnect && plugin.p.preconnect (cfg.readonly) == -1) ||
+      handshake (conn) == -1)
+    conn_set_status (conn, CONN_DEAD);
+  conn->deadline_ms = 0;
+  if (serialize) {
+    /* With one connection at a time there is one worker: this one. */
+    worker_run (conn);
+    pthread_mutex_unlock (&connection_lock);
+  }
+  else
+    worker_run (conn);
+}
+
+/* Wait for input during the handshake, honouring --timeout; and for -s
+ * on pipes, where shutdown() cannot interrupt a read, wake on quit.
+ */
+static int
+wait_readable (struct connection *conn)
+{
+  struct pollfd fds[2] = {
+    { .fd = conn->fd_in, .events = POLLIN },
+    { .fd = quit_fd, .events = POLLIN },
+  };
+  int timeout = -1;
+  int r;
+
+  if (conn->deadline_ms) {
+    int64_t left = conn->deadline_ms - now_ms ();
+
+    if (left <= 0)
+      goto timed_out;
+    timeout = left > INT32_MAX ? INT32_MAX : (int) left;
+  }
+  do
+    r = poll (fds, conn->is_socket ? 1 : 2, timeout);
+  while (r == -1 && errno == EINTR);
+  if (r == 0)
+    goto timed_out;
+  if (r > 0 && fds[0].revents == 0) {   /* quit */
+    errno = ESHUTDOWN;
+    return -1;
+  }
+  return r == -1 ? -1 : 0;
+
+ timed_out:
+  server_error ("client did not finish the handshake within %u seconds: "
+                "disconnecting (see --timeout)", cfg.handshake_timeout);
+  errno = ETIMEDOUT;
+  return -1;
+}
+
+/* Refill rbuf.  Returns bytes read, 0 at EOF, -1 on error. */
+static ssize_t
+conn_fill (struct connection *conn, void *dst, size_t n)
+{
+  ssize_t r;
+
+  if ((conn->deadline_ms || !conn->is_socket) && wait_readable (conn) == -1)
+    return -1;
+  do
+    r = read (conn->fd_in, dst, n);
+  while (r == -1 && errno == EINTR);
+  return r;
+}
+
+/* Read exactly N bytes.  Small reads come through rbuf, so one read()
+ * picks up many pipelined requests; large payloads go straight to BUF.
+ * Returns 0, or -1 with errno (0 for EOF before the first byte).
+ */
+int
+conn_read (struct connection *conn, void *buf, size_t n)
+{
+  char *p = buf;
+  bool started = false;
+
+  while (n > 0) {
+    size_t avail = conn->rlen - conn->rpos;
+    ssize_t r;
+
+    if (avail > 0) {
+      size_t k = avail < n ? avail : n;
+
+      memcpy (p, conn->rbuf + conn->rpos, k);
+      conn->rpos += k;
+      p += k;
+      n -= k;
+      started = true;
+      continue;
+    }
+    if (n >= CONN_RBUF_SIZE / 2)
+      r = conn_fill (conn, p, n);
+    else
+      r = conn_fill (conn, conn->rbuf, CONN_RBUF_SIZE);
+    if (r <= 0) {
+      if (r == 0)
+        errno = started ? EPIPE : 0;
+      return -1;
+    }
+    started = true;
+    if (n >= CONN_RBUF_SIZE / 2) {
+      p += r;
+      n -= r;
+    }
+    else {
+      conn->rpos = 0;
+      conn->rlen = r;
+    }
+  }
+  return 0;
+}
+
+/* Read and drop N bytes (a rejected write's payload, R-9). */
+int
+conn_skip (struct connection *conn, uint64_t n)
+{
+  char junk[16384];
+
+  while (n > 0) {
+    size_t k = n < sizeof junk ? n : sizeof junk;
+
+    if (conn_read (conn, junk, k) == -1) {
+      if (errno == 0)
+        errno = EPIPE;
+      return -1;
+    }
+    n -= k;
+  }
+  return 0;
+}
+
+/* Write the whole iovec.  Caller holds write_lock. */
+int
+conn_writev (struct connection *conn, struct iovec *iov, int iovcnt)
+{
+  while (iovcnt > 0) {
+    ssize_t r = writev (conn->fd_out, iov, iovcnt);
+
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    while (iovcnt > 0 && (size_t) r >= iov->iov_len) {
+      r -= iov->iov_len;
+      iov++;
+      iovcnt--;
+    }
+    if (iovcnt > 0) {
+      iov->iov_base = (char *) iov->iov_base + r;
+      iov->iov_len -= r;
+    }
+  }
+  return 0;
+}
+
+/* SIGTERM/SIGINT: stop reading requests on every connection; requests
+ * in flight still finish and reply (R-28).
+ */
+void
+conns_shutdown_all (void)
+{
+  pthread_mutex_lock (&conns_lock);
+  for (struct connection *c = conns; c; c = c->next) {
+    conn_set_status (c, CONN_SHUTDOWN);
+    if (c->is_socket)
+      shutdown (c->fd_in, SHUT_RD);
+  }
+  pthread_mutex_unlock (&conns_lock);
+}
+
+void
+conns_wait_all (void)
+{
+  pthread_mutex_lock (&conns_lock);
+  while (nconns > 0)
+    pthread_cond_wait (&conns_cond, &conns_lock);
+  pthread_mutex_unlock (&conns_lock);
+}

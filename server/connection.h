@@ -1,0 +1,76 @@
+/* nbdsrv: one client connection, shared by handshake.c, protocol.c
+ * and connection.c.
+ */
+#ifndef NBDSRV_CONNECTION_H
+#define NBDSRV_CONNECTION_H
+
+#include <stdatomic.h>
+#include <sys/socket.h>
+
+#include "internal.h"
+
+/* Ordered: only comparisons matter (protocol-rules.md §3). */
+enum conn_status {
+  CONN_DEAD = 0,                /* hard disconnect, no more replies */
+  CONN_CLIENT_DONE = 1,         /* orderly close: EOF or DISC */
+  CONN_SHUTDOWN = 2,            /* server quitting: finish in flight */
+  CONN_ACTIVE = 3,
+};
+
+#define CONN_RBUF_SIZE (128 * 1024)
+
+struct connection {
+  unsigned id;                  /* for log lines, from 1 */
+  int fd_in, fd_out;            /* one socket, or stdin/stdout for -s */
+  bool is_socket;
+  _Atomic int status;           /* enum conn_status */
+  struct sockaddr_storage peer;
+  socklen_t peer_len;
+  int64_t deadline_ms;          /* handshake deadline, 0 once negotiated */
+
+  /* Negotiated during the handshake; read-only afterwards. */
+  bool no_zeroes;               /* client set C_NO_ZEROES */
+  bool structured;              /* NBD_OPT_STRUCTURED_REPLY */
+  bool meta_base_alloc;         /* base:allocation selected */
+  char *meta_export;            /* owned: name SET_META_CONTEXT saw */
+  bool listed;                  /* NBD_OPT_LIST answered once */
+  uint32_t align;               /* V-16: minimum block size to enforce */
+  bool exp_open;
+  struct export exp;
+
+  /* Receive side: only the holder of read_lock reads the socket. */
+  pthread_mutex_t read_lock;
+  char *rbuf;                   /* owned, CONN_RBUF_SIZE bytes */
+  size_t rpos, rlen;            /* unread bytes are rbuf[rpos..rlen) */
+
+  pthread_mutex_t write_lock;   /* one whole reply at a time */
+
+  /* Worker threads, started on demand up to max_workers. */
+  pthread_mutex_t workers_lock;
+  unsigned nworkers;            /* alive, guarded by workers_lock */
+  unsigned max_workers;
+  atomic_uint readers_waiting;  /* workers queued on read_lock */
+
+  struct intern_set *interned;  /* nbdkit_*_intern strings */
+  struct connection *next;      /* list of live connections */
+};
+
+/* connection.c */
+struct connection *conn_new (int fd_in, int fd_out);
+void conn_serve (struct connection *conn); /* runs until closed, frees */
+int conn_read (struct connection *conn, void *buf, size_t n);
+int conn_skip (struct connection *conn, uint64_t n);
+int conn_writev (struct connection *conn, struct iovec *iov, int iovcnt);
+void conn_set_status (struct connection *conn, enum conn_status s);
+void conn_maybe_add_worker (struct connection *conn);
+void conns_shutdown_all (void);
+void conns_wait_all (void);
+extern unsigned conns_served;
+
+/* handshake.c: 0 when transmission starts, -1 to close. */
+int handshake (struct connection *conn);
+
+/* protocol.c: one worker's request loop. */
+void protocol_worker (struct connection *conn);
+
+#endif /* NBDSRV_CONNECTION_H */

@@ -1,0 +1,508 @@
+/* nbdsrv: the command line (nbdkit's), start-up and shut-down.
+ *
+ *   nbdsrv [OPTIONS] PLUGIN [[KEY=]VALUE ...]
+ *
+ * Every mistake on the command line is reported in one line that says
+ * what to do, before any socket exists, with exit status 1.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+
+#include "internal.h"
+#include "connection.h"
+#include "socket.h"
+#include "run.h"
+
+struct server_config cfg = {
+  .ipfamily = AF_UNSPEC,
+  .threads = 16,
+  .handshake_timeout = 60,
+  .mask_handshake = ~0u,
+};
+
+static const char *user, *group;
+
+/* -D NAME.FLAG=N, applied once the plugin is loaded. */
+struct debug_flag {
+  char *name, *flag;
+  int value;
+  struct debug_flag *next;
+};
+static struct debug_flag *debug_flags;
+
+enum {
+  OPT_DUMP_CONFIG = 256, OPT_DUMP_PLUGIN, OPT_EXIT_WITH_PARENT, OPT_FILTER,
+  OPT_HELP, OPT_KEEPALIVE, OPT_LOG, OPT_MASK_HANDSHAKE, OPT_NO_MC,
+  OPT_NO_SR, OPT_PRINT_URI, OPT_RUN, OPT_SELINUX_LABEL, OPT_SWAP,
+  OPT_TIMEOUT, OPT_TLS, OPT_TLS_CERTIFICATES, OPT_TLS_PSK,
+  OPT_TLS_VERIFY_PEER, OPT_VSOCK,
+};
+
+static const char short_opts[] = "46D:e:fg:i:noP:p:rst:U:u:vV";
+static const struct option long_opts[] = {
+  { "debug", required_argument, NULL, 'D' },
+  { "dump-config", no_argument, NULL, OPT_DUMP_CONFIG },
+  { "dump-plugin", no_argument, NULL, OPT_DUMP_PLUGIN },
+  { "exit-with-parent", no_argument, NULL, OPT_EXIT_WITH_PARENT },
+  { "export", required_argument, NULL, 'e' },
+  { "export-name", required_argument, NULL, 'e' },
+  { "exportname", required_argument, NULL, 'e' },
+  { "filter", required_argument, NULL, OPT_FILTER },
+  { "foreground", no_argument, NULL, 'f' },
+  { "no-fork", no_argument, NULL, 'f' },
+  { "group", required_argument, NULL, 'g' },
+  { "help", no_argument, NULL, OPT_HELP },
+  { "ip-addr", required_argument, NULL, 'i' },
+  { "ipaddr", required_argument, NULL, 'i' },
+  { "ipv4-only", no_argument, NULL, '4' },
+  { "ipv6-only", no_argument, NULL, '6' },
+  { "keepalive", no_argument, NULL, OPT_KEEPALIVE },
+  { "log", required_argument, NULL, OPT_LOG },
+  { "mask-handshake", required_argument, NULL, OPT_MASK_HANDSHAKE },
+  { "new-style", no_argument, NULL, 'n' },
+  { "newstyle", no_argument, NULL, 'n' },
+  { "no-mc", no_argument, NULL, OPT_NO_MC },
+  { "no-meta-contexts", no_argument, NULL, OPT_NO_MC },
+  { "no-sr", no_argument, NULL, OPT_NO_SR },
+  { "no-structured-replies", no_argument, NULL, OPT_NO_SR },
+  { "old-style", no_argument, NULL, 'o' },
+  { "oldstyle", no_argument, NULL, 'o' },
+  { "pid-file", required_argument, NULL, 'P' },
+  { "pidfile", required_argument, NULL, 'P' },
+  { "port", required_argument, NULL, 'p' },
+  { "print-uri", no_argument, NULL, OPT_PRINT_URI },
+  { "read-only", no_argument, NULL, 'r' },
+  { "readonly", no_argument, NULL, 'r' },
+  { "run", required_argument, NULL, OPT_RUN },
+  { "selinux-label", required_argument, NULL, OPT_SELINUX_LABEL },
+  { "single", no_argument, NULL, 's' },
+  { "stdin", no_argument, NULL, 's' },
+  { "swap", no_argument, NULL, OPT_SWAP },
+  { "threads", required_argument, NULL, 't' },
+  { "timeout", required_argument, NULL, OPT_TIMEOUT },
+  { "tls", required_argument, NULL, OPT_TLS },
+  { "tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES },
+  { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+  { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER },
+  { "unix", required_argument, NULL, 'U' },
+  { "user", required_argument, NULL, 'u' },
+  { "verbose", no_argument, NULL, 'v' },
+  { "version", no_argument, NULL, 'V' },
+  { "vsock", no_argument, NULL, OPT_VSOCK },
+  { NULL },
+};
+
+static void
+usage (void)
+{
+  printf ("nbdsrv - a Network Block Device server, nbdkit-compatible\n\n"
+          "nbdsrv [-4|-6] [-D PLUGIN.FLAG=N] [-e EXPORTNAME]\n"
+          "       [--exit-with-parent] [-f] [-g GROUP] [-i IPADDR]\n"
+          "       [--keepalive] [--log=stderr|syslog|null|FILE]\n"
+          "       [--mask-handshake=MASK] [--no-mc] [--no-sr]\n"
+          "       [-P PIDFILE] [-p PORT] [--print-uri] [-r]\n"
+          "       [--run 'COMMAND ARGS ...'] [-s] [-t THREADS]\n"
+          "       [--timeout=SECONDS] [-U SOCKET|-] [-u USER] [-v]\n"
+          "       [--vsock] PLUGIN [[KEY=]VALUE [KEY=VALUE ...]]\n\n"
+          "nbdsrv --dump-config\n"
+          "nbdsrv PLUGIN --dump-plugin\n"
+          "nbdsrv PLUGIN --help\n"
+          "nbdsrv -V|--version\n\n"
+          "Example: nbdsrv -f -U - memory size=1G --run 'nbdinfo \"$uri\"'\n"
+          "See docs/nbdsrv.md for every option.\n");
+}
+
+static void __attribute__ ((__noreturn__))
+die (const char *fmt, ...) ATTRIBUTE_PRINTF (1, 2);
+static void
+die (const char *fmt, ...)
+{
+  va_list args;
+
+  fputs ("nbdsrv: error: ", stderr);
+  va_start (args, fmt);
+  vfprintf (stderr, fmt, args);
+  va_end (args);
+  fputc ('\n', stderr);
+  exit (EXIT_FAILURE);
+}
+
+static unsigned
+parse_uint_opt (const char *opt, const char *arg, unsigned min,
+                unsigned max)
+{
+  char *end;
+  unsigned long v;
+
+  errno = 0;
+  v = strtoul (arg, &end, 0);
+  if (errno || end == arg || *end || arg[0] == '-' || v < min || v > max)
+    die ("%s %s: expected a number from %u to %u", opt, arg, min, max);
+  return v;
+}
+
+static void
+add_debug_flag (const char *arg)
+{
+  const char *dot = strchr (arg, '.'), *eq = strchr (arg, '=');
+  struct debug_flag *d;
+
+  if (!dot || !eq || dot > eq || dot == arg || eq == dot + 1)
+    die ("-D %s: expected NAME.FLAG=N, for example -D memory.dir=1", arg);
+  d = calloc (1, sizeof *d);
+  if (d == NULL)
+    die ("out of memory");
+  d->name = strndup (arg, dot - arg);
+  d->flag = strndup (dot + 1, eq - dot - 1);
+  d->value = (int) parse_uint_opt ("-D", eq + 1, 0, 0x7fffffff);
+  d->next = debug_flags;
+  debug_flags = d;
+}
+
+static void
+apply_debug_flags (void)
+{
+  for (struct debug_flag *d = debug_flags; d; d = d->next) {
+    /* Flags for the server itself ("nbdkit.*") are accepted for
+     * compatibility; nbdsrv has none yet.
+     */
+    if (strcmp (d->name, "nbdkit") == 0 || strcmp (d->name, "nbdsrv") == 0)
+      continue;
+    if (strcmp (d->name, plugin.p.name) != 0)
+      die ("-D %s.%s: no plugin or filter called '%s' is loaded",
+           d->name, d->flag, d->name);
+    if (plugin_debug_flag_set (d->name, d->flag, d->value) == -1)
+      exit (EXIT_FAILURE);
+  }
+}
+
+static void
+set_log (const char *arg)
+{
+  if (strcmp (arg, "stderr") == 0)
+    cfg.log_to = LOG_TO_STDERR;
+  else if (strcmp (arg, "syslog") == 0)
+    cfg.log_to = LOG_TO_SYSLOG;
+  else if (strcmp (arg, "null") == 0)
+    cfg.log_to = LOG_TO_NULL;
+  else if (strchr (arg, '/')) {
+    cfg.log_to = LOG_TO_FILE;
+    cfg.log_file = arg;
+  }
+  else
+    die ("--log=%s: expected stderr, syslog, null or a file path "
+         "containing '/'", arg);
+}
+
+static bool log_given;
+static bool dump_config, dump_plugin, help;
+
+static void
+parse_option (int c, const char *arg)
+{
+  switch (c) {
+  case '4': cfg.ipfamily = AF_INET; break;
+  case '6': cfg.ipfamily = AF_INET6; break;
+  case 'D': add_debug_flag (arg); break;
+  case 'e': cfg.exportname = arg; break;
+  case 'f': cfg.foreground = true; break;
+  case 'g': group = arg; break;
+  case 'i': cfg.ipaddr = arg; break;
+  case 'n': break;              /* newstyle is the default */
+  case 'o':
+    die ("-o/--oldstyle is not supported: clients use newstyle "
+         "(drop the option)");
+  case 'P': cfg.pidfile = arg; break;
+  case 'p': cfg.port = arg; parse_uint_opt ("-p", arg, 0, 65535); break;
+  case 'r': cfg.readonly = true; break;
+  case 's': cfg.single = true; break;
+  case 't': cfg.threads = parse_uint_opt ("-t", arg, 1, 1024); break;
+  case 'U': cfg.unixsocket = arg; break;
+  case 'u': user = arg; break;
+  case 'v': cfg.verbose = true; break;
+  case 'V':
+    printf ("nbdsrv %s (plugin API of nbdkit %s)\n", PACKAGE_VERSION,
+            NBDKIT_VERSION_STRING);
+    exit (EXIT_SUCCESS);
+  case OPT_DUMP_CONFIG: dump_config = true; break;
+  case OPT_DUMP_PLUGIN: dump_plugin = true; break;
+  case OPT_EXIT_WITH_PARENT: cfg.exit_with_parent = true; break;
+  case OPT_FILTER:
+    die ("--filter=%s: filters are not supported by this nbdsrv build "
+         "yet: run without --filter", arg);
+  case OPT_HELP: help = true; break;
+  case OPT_KEEPALIVE: cfg.keepalive = true; break;
+  case OPT_LOG: set_log (arg); log_given = true; break;
+  case OPT_MASK_HANDSHAKE:
+    cfg.mask_handshake = parse_uint_opt ("--mask-handshake", arg, 0,
+                                         0xffff);
+    break;
+  case OPT_NO_MC: cfg.no_mc = true; break;
+  case OPT_NO_SR: cfg.no_sr = true; break;
+  case OPT_PRINT_URI: cfg.print_uri = true; break;
+  case OPT_RUN: cfg.run = arg; break;
+  case OPT_SELINUX_LABEL: break;        /* accepted, not applied */
+  case OPT_SWAP:
+    die ("--swap is not supported: drop it, or use nbdkit");
+  case OPT_TIMEOUT:
+    cfg.handshake_timeout = parse_uint_opt ("--timeout", arg, 0, 86400);
+    break;
+  case OPT_TLS:
+    if (strcmp (arg, "off") != 0)
+      die ("--tls=%s: TLS is not supported by this nbdsrv build yet: "
+           "use --tls=off or a TLS tunnel", arg);
+    break;
+  case OPT_TLS_CERTIFICATES: case OPT_TLS_PSK: case OPT_TLS_VERIFY_PEER:
+    die ("TLS is not supported by this nbdsrv build yet: drop the "
+         "--tls-* options");
+  case OPT_VSOCK: cfg.vsock = true; break;
+  default:
+    fprintf (stderr, "nbdsrv: error: unknown option: see 'nbdsrv --help'\n");
+    exit (EXIT_FAILURE);
+  }
+}
+
+static void
+dump_config_and_exit (void)
+{
+  printf ("binary=%s\n", "nbdsrv");
+  printf ("build_plugindir=%s\n", BUILD_PLUGINDIR);
+  printf ("exit_with_parent=yes\n");
+  printf ("name=nbdsrv\n");
+  printf ("nbdkit_plugindir=%s\n", NBDKIT_PLUGINDIR);
+  printf ("nbdkit_version=%s\n", NBDKIT_VERSION_STRING);
+  printf ("plugindir=%s\n", PLUGINDIR);
+  printf ("tls=no\n");
+  printf ("version=%s\n", PACKAGE_VERSION);
+  exit (EXIT_SUCCESS);
+}
+
+/* [KEY=]VALUE parameters; a bare VALUE first means the magic key. */
+static void
+configure_plugin (int argc, char **argv)
+{
+  for (int i = 0; i < argc; i++) {
+    const char *eq = strchr (argv[i], '=');
+    char *key;
+
+    if (eq == NULL || eq == argv[i]) {
+      if (i != 0 || plugin.p.magic_config_key == NULL)
+        die ("parameter '%s' should be KEY=VALUE (see 'nbdsrv %s --help')",
+             argv[i], plugin.p.name);
+      if (plugin_config (plugin.p.magic_config_key, argv[i]) == -1)
+        exit (EXIT_FAILURE);
+      continue;
+    }
+    key = strndup (argv[i], eq - argv[i]);
+    if (key == NULL || plugin_config (key, eq + 1) == -1)
+      exit (EXIT_FAILURE);
+    free (key);
+  }
+  if (plugin_config_complete () == -1)
+    exit (EXIT_FAILURE);
+}
+
+static void
+check_option_combinations (void)
+{
+  int where = !!cfg.unixsocket + !!cfg.vsock + !!cfg.single;
+
+  if (where > 1 || (cfg.single && (cfg.port || cfg.ipaddr)))
+    die ("choose one of -U, --vsock, -s or -p/-i");
+  if ((cfg.unixsocket || cfg.vsock) && cfg.ipaddr)
+    die ("-i %s only applies to TCP: drop it or drop -U/--vsock",
+         cfg.ipaddr);
+  if (cfg.single && (cfg.run || cfg.print_uri))
+    die ("-s serves stdin/stdout, so --run and --print-uri do not apply");
+  /* --run without an address gets a private Unix socket (as nbdkit). */
+  if (cfg.run && !cfg.unixsocket && !cfg.port && !cfg.vsock && !cfg.ipaddr)
+    cfg.unixsocket = "-";
+  if (cfg.run || cfg.single || cfg.exit_with_parent)
+    cfg.foreground = true;
+  if (!log_given && !cfg.foreground)
+    cfg.log_to = LOG_TO_SYSLOG;
+  if (getenv ("LISTEN_PID") && getenv ("LISTEN_FDS") &&
+      atoi (getenv ("LISTEN_PID")) == getpid ()) {
+    if (cfg.unixsocket || cfg.port || cfg.vsock || cfg.ipaddr || cfg.single)
+      die ("socket activation (LISTEN_FDS) cannot be combined with "
+           "-U, -p, -i, --vsock or -s");
+    cfg.socket_activation = true;
+  }
+}
+
+static void
+change_user (void)
+{
+  if (group) {
+    struct group *g = getgrnam (group);
+    gid_t gid = g ? g->gr_gid : (gid_t) atoi (group);
+
+    if ((!g && !atoi (group)) || setgid (gid) == -1 || setgroups (1, &gid))
+      die ("-g %s: cannot change group: %m", group);
+  }
+  if (user) {
+    struct passwd *p = getpwnam (user);
+    uid_t uid = p ? p->pw_uid : (uid_t) atoi (user);
+
+    if ((!p && !atoi (user)) || setuid (uid) == -1)
+      die ("-u %s: cannot change user: %m", user);
+  }
+}
+
+static void
+write_pidfile (pid_t pid)
+{
+  FILE *fp;
+
+  if (cfg.pidfile == NULL)
+    return;
+  fp = fopen (cfg.pidfile, "w");
+  if (fp == NULL || fprintf (fp, "%d\n", (int) pid) < 0 || fclose (fp)) {
+    fprintf (stderr, "nbdsrv: error: -P %s: %m\n", cfg.pidfile);
+    exit (EXIT_FAILURE);
+  }
+}
+
+static void
+signal_quit (int sig)
+{
+  quit_set ();
+}
+
+static void
+set_signals (void)
+{
+  struct sigaction sa = { .sa_handler = signal_quit };
+
+  sigemptyset (&sa.sa_mask);
+  sigaction (SIGINT, &sa, NULL);
+  sigaction (SIGTERM, &sa, NULL);
+  sigaction (SIGQUIT, &sa, NULL);
+  sa.sa_handler = SIG_IGN;
+  sigaction (SIGPIPE, &sa, NULL);
+}
+
+/* Without -f: the parent writes the pidfile with the child's pid and
+ * exits once the sockets are listening, so callers can connect at once.
+ */
+static void
+daemonize (void)
+{
+  pid_t pid = fork ();
+  int fd;
+
+  if (pid == -1)
+    die ("fork: %m");
+  if (pid > 0) {
+    write_pidfile (pid);
+    _exit (EXIT_SUCCESS);
+  }
+  setsid ();
+  if (chdir ("/") == -1)
+    server_error ("chdir /: %m");
+  fd = open ("/dev/null", O_RDWR);
+  if (fd >= 0) {
+    dup2 (fd, 0);
+    dup2 (fd, 1);
+    if (cfg.log_to != LOG_TO_STDERR)
+      dup2 (fd, 2);
+    if (fd > 2)
+      close (fd);
+  }
+}
+
+int
+main (int argc, char **argv)
+{
+  struct listeners l = { .n = 0 };
+  int c, status;
+
+  while ((c = getopt_long (argc, argv, short_opts, long_opts, NULL)) != -1)
+    parse_option (c, optarg);
+  if (dump_config)
+    dump_config_and_exit ();
+  if (optind >= argc) {
+    if (help) {
+      usage ();
+      exit (EXIT_SUCCESS);
+    }
+    die ("no plugin given: try 'nbdsrv memory size=1G' or "
+         "'nbdsrv --help'");
+  }
+  /* getopt has moved the options first, so options may come anywhere
+   * on the line, as with nbdkit.
+   */
+  if (plugin_load (argv[optind++]) == -1)
+    exit (EXIT_FAILURE);
+  apply_debug_flags ();
+  if (help) {
+    usage ();
+    plugin_usage ();
+    exit (EXIT_SUCCESS);
+  }
+  if (dump_plugin) {
+    plugin_dump ();
+    exit (EXIT_SUCCESS);
+  }
+  check_option_combinations ();
+  log_open ();
+  configure_plugin (argc - optind, argv + optind);
+  if (plugin_get_ready () == -1)
+    exit (EXIT_FAILURE);
+
+  quit_init ();
+  set_signals ();
+  if (cfg.exit_with_parent)
+    prctl (PR_SET_PDEATHSIG, SIGTERM);
+  if (!cfg.single && listeners_open (&l) == -1) {
+    listeners_close (&l);
+    exit (EXIT_FAILURE);
+  }
+  change_user ();
+  if (!cfg.foreground)
+    daemonize ();
+  else
+    write_pidfile (getpid ());
+  if (plugin_after_fork () == -1) {
+    listeners_close (&l);
+    exit (EXIT_FAILURE);
+  }
+
+  if (cfg.single)
+    serve_single ();
+  else {
+    char *uri = uri_new (&l);
+
+    if (cfg.print_uri && uri) {
+      printf ("%s\n", uri);
+      fflush (stdout);
+    }
+    if (cfg.run && (uri == NULL || run_start (&l, uri) == -1))
+      quit_set ();
+    free (uri);
+    accept_loop (&l);
+  }
+
+  /* Orderly shutdown: stop listening, let requests in flight finish. */
+  listeners_close (&l);
+  conns_shutdown_all ();
+  conns_wait_all ();
+  plugin_unload ();
+  if (cfg.pidfile)
+    unlink (cfg.pidfile);
+  status = cfg.run ? run_exit_status () : EXIT_SUCCESS;
+  debug ("exiting with status %d", status);
+  return status;
+}

@@ -1,0 +1,273 @@
+/* nbdsrv: finding, loading and configuring the plugin.
+ *
+ * The plugin hands us a pointer to its struct nbdkit_plugin; we copy at
+ * most _struct_size bytes of it into a zeroed struct of our size, so a
+ * plugin built against an older header (shorter struct) loads, and
+ * fields it lacks read as NULL.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+
+struct plugin plugin;
+
+static const char *const thread_model_names[] = {
+  "serialize_connections", "serialize_all_requests",
+  "serialize_requests", "parallel",
+};
+
+static bool
+is_plugin_name (const char *s)
+{
+  if (!*s || !isalnum ((unsigned char) *s))
+    return false;
+  for (; *s; s++)
+    if (!isalnum ((unsigned char) *s) && *s != '-' && *s != '_')
+      return false;
+  return true;
+}
+
+/* NAME or a path: the build tree, then our install directory, then
+ * nbdkit's own plugin directory, so scripts written for nbdkit keep
+ * working with plugins nbdsrv does not ship yet.
+ */
+static char *
+plugin_find (const char *name)
+{
+  const char *dirs[] = { BUILD_PLUGINDIR, PLUGINDIR, NBDKIT_PLUGINDIR };
+  char path[PATH_MAX];
+  struct stat st;
+
+  if (!is_plugin_name (name))
+    return strdup (name);
+  for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+    snprintf (path, sizeof path, "%s/nbdkit-%s-plugin.so", dirs[i], name);
+    if (stat (path, &st) == 0)
+      return strdup (path);
+  }
+  fprintf (stderr, "nbdsrv: error: unknown plugin '%s': no "
+           "nbdkit-%s-plugin.so in %s, %s or %s; give the plugin's path "
+           "or see 'nbdsrv --help'\n", name, name, BUILD_PLUGINDIR,
+           PLUGINDIR, NBDKIT_PLUGINDIR);
+  return NULL;
+}
+
+static int
+plugin_check (const struct nbdkit_plugin *p, const char *filename)
+{
+  if (p->_api_version < 1 || p->_api_version > 2) {
+    fprintf (stderr, "nbdsrv: error: %s: plugin API version %d is not "
+             "supported (only 1 and 2): rebuild the plugin\n",
+             filename, p->_api_version);
+    return -1;
+  }
+  if (p->_struct_size < offsetof (struct nbdkit_plugin, errno_is_preserved)) {
+    fprintf (stderr, "nbdsrv: error: %s: plugin struct is too small "
+             "(%" PRIu64 " bytes): rebuild the plugin\n",
+             filename, p->_struct_size);
+    return -1;
+  }
+  if (p->name == NULL || !is_plugin_name (p->name)) {
+    fprintf (stderr, "nbdsrv: error: %s: the plugin has no valid .name\n",
+             filename);
+    return -1;
+  }
+  if (p->open == NULL || p->get_size == NULL ||
+      (p->pread == NULL && p->_pread_v1 == NULL)) {
+    fprintf (stderr, "nbdsrv: error: %s: the plugin must define .open, "
+             ".get_size and .pread\n", filename);
+    return -1;
+  }
+  return 0;
+}
+
+int
+plugin_load (const char *name_or_path)
+{
+  struct nbdkit_plugin *(*init) (void);
+  const struct nbdkit_plugin *p;
+  size_t size;
+
+  plugin.filename = plugin_find (name_or_path);
+  if (plugin.filename == NULL)
+    return -1;
+  plugin.dl = dlopen (plugin.filename, RTLD_NOW | RTLD_GLOBAL);
+  if (plugin.dl == NULL) {
+    fprintf (stderr, "nbdsrv: error: cannot load plugin %s: %s\n",
+             plugin.filename, dlerror ());
+    return -1;
+  }
+  init = (struct nbdkit_plugin *(*) (void)) dlsym (plugin.dl, "plugin_init");
+  if (init == NULL || (p = init ()) == NULL) {
+    fprintf (stderr, "nbdsrv: error: %s is not an nbdkit plugin "
+             "(no plugin_init): check the file name\n", plugin.filename);
+    return -1;
+  }
+  if (plugin_check (p, plugin.filename) == -1)
+    return -1;
+  size = p->_struct_size < sizeof plugin.p ? p->_struct_size
+    : sizeof plugin.p;
+  memcpy (&plugin.p, p, size);
+
+  thread_state ()->name = plugin.p.name;
+  plugin.thread_model = plugin.p._thread_model;
+  if (plugin.p.thread_model) {
+    int m = plugin.p.thread_model ();
+
+    if (m == -1)
+      return -1;
+    if (m < plugin.thread_model)
+      plugin.thread_model = m;
+  }
+  if (plugin.thread_model < 0 ||
+      plugin.thread_model > NBDKIT_THREAD_MODEL_PARALLEL) {
+    fprintf (stderr, "nbdsrv: error: %s: unknown thread model %d\n",
+             plugin.filename, plugin.thread_model);
+    return -1;
+  }
+  if (plugin.p.load)
+    plugin.p.load ();
+  return 0;
+}
+
+void
+plugin_unload (void)
+{
+  if (plugin.dl == NULL)
+    return;
+  if (plugin.p.cleanup)
+    plugin.p.cleanup ();
+  if (plugin.p.unload)
+    plugin.p.unload ();
+  intern_set_free (&plugin.interned);
+  free (plugin.filename);
+  plugin.filename = NULL;
+  /* The plugin stays mapped: threads of its own may still be exiting. */
+}
+
+int
+plugin_config (const char *key, const char *value)
+{
+  if (plugin.p.config == NULL) {
+    fprintf (stderr, "nbdsrv: error: the %s plugin takes no parameters, "
+             "but was given %s=%s\n", plugin.p.name, key, value);
+    return -1;
+  }
+  return plugin.p.config (key, value);
+}
+
+int
+plugin_config_complete (void)
+{
+  return plugin.p.config_complete ? plugin.p.config_complete () : 0;
+}
+
+int
+plugin_get_ready (void)
+{
+  return plugin.p.get_ready ? plugin.p.get_ready () : 0;
+}
+
+int
+plugin_after_fork (void)
+{
+  return plugin.p.after_fork ? plugin.p.after_fork () : 0;
+}
+
+void
+plugin_usage (void)
+{
+  printf ("\nplugin: %s", plugin.p.name);
+  if (plugin.p.longname)
+    printf (" (%s)", plugin.p.longname);
+  printf ("\n(%s)\n", plugin.filename);
+  if (plugin.p.description)
+    printf ("%s\n", plugin.p.description);
+  if (plugin.p.config_help)
+    printf ("%s\n", plugin.p.config_help);
+}
+
+/* The same lines as nbdkit --dump-plugin, so scripts can parse them. */
+void
+plugin_dump (void)
+{
+  const struct nbdkit_plugin *p = &plugin.p;
+
+  printf ("path=%s\n", plugin.filename);
+  printf ("name=%s\n", p->name);
+  if (p->version)
+    printf ("version=%s\n", p->version);
+  printf ("api_version=%d\n", p->_api_version);
+  printf ("struct_size=%" PRIu64 "\n", p->_struct_size);
+  printf ("max_thread_model=%s\n", thread_model_names[p->_thread_model & 3]);
+  printf ("thread_model=%s\n", thread_model_names[plugin.thread_model]);
+  printf ("errno_is_preserved=%d\n", p->errno_is_preserved);
+  if (p->magic_config_key)
+    printf ("magic_config_key=%s\n", p->magic_config_key);
+#define HAS(f) if (p->f) printf ("has_%s=1\n", #f)
+  HAS (longname); HAS (description); HAS (load); HAS (unload);
+  HAS (dump_plugin); HAS (config); HAS (config_complete); HAS (config_help);
+  HAS (thread_model); HAS (get_ready); HAS (after_fork); HAS (cleanup);
+  HAS (preconnect); HAS (list_exports); HAS (default_export); HAS (open);
+  HAS (close); HAS (export_description); HAS (get_size); HAS (block_size);
+  HAS (can_write); HAS (can_flush); HAS (is_rotational); HAS (can_trim);
+  HAS (can_zero); HAS (can_fast_zero); HAS (can_extents); HAS (can_fua);
+  HAS (can_multi_conn); HAS (can_cache);
+#undef HAS
+#define HAS2(f) if (p->f || p->_##f##_v1) printf ("has_%s=1\n", #f)
+  HAS2 (pread); HAS2 (pwrite); HAS2 (flush); HAS2 (trim); HAS2 (zero);
+#undef HAS2
+  if (p->extents) printf ("has_extents=1\n");
+  if (p->cache) printf ("has_cache=1\n");
+  fflush (stdout);
+  if (p->dump_plugin)
+    p->dump_plugin ();
+}
+
+const char *
+plugin_default_export (bool readonly)
+{
+  if (plugin.p.default_export)
+    return plugin.p.default_export (readonly, 0);
+  return "";
+}
+
+int
+plugin_list_exports (bool readonly, struct nbdkit_exports *exports)
+{
+  if (plugin.p.list_exports)
+    return plugin.p.list_exports (readonly, 0, exports);
+  return nbdkit_use_default_export (exports);
+}
+
+/* -D NAME.FLAG=N sets the plugin's global int NAME_debug_FLAG. */
+int
+plugin_debug_flag_set (const char *name, const char *flag, int value)
+{
+  char sym[256];
+  int *var;
+
+  snprintf (sym, sizeof sym, "%s_debug_%s", name, flag);
+  for (char *s = sym; *s; s++)
+    if (*s == '-' || *s == '.')
+      *s = '_';
+  var = dlsym (plugin.dl, sym);
+  if (var == NULL) {
+    fprintf (stderr, "nbdsrv: error: -D %s.%s: the plugin has no debug "
+             "flag '%s' (no symbol %s)\n", name, flag, flag, sym);
+    return -1;
+  }
+  *var = value;
+  return 0;
+}

@@ -1,0 +1,275 @@
+/* nbdsrv: the transmission phase: read a request, validate it, call the
+ * backend, reply (§3).
+ *
+ * Each worker reads one request under read_lock (R-1), releases it
+ * (R-11) and runs the request while another worker reads the next.
+ */
+#include "config.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+#include "connection.h"
+#include "protocol.h"
+#include "reply.h"
+
+/* Most descriptors one BLOCK_STATUS reply carries (§5.2 beyond). */
+#define BLOCKSTATUS_MAX_DESC (1 << 20)
+
+/* A request once read: the decoded header, the validation result and,
+ * for READ/WRITE, the thread's data buffer.
+ */
+struct work {
+  struct request req;
+  int err;                      /* host errno from validation, or 0 */
+  const char *why;              /* validation failure text */
+  char *buf;                    /* borrowed thread buffer */
+};
+
+static void
+validate_state_of (const struct connection *conn, struct validate_state *st)
+{
+  st->size = conn->exp.caps.size;
+  st->eflags = conn->exp.caps.eflags;
+  st->structured = conn->structured;
+  st->meta_base_alloc = conn->meta_base_alloc;
+  st->align = conn->align;
+}
+
+/* Read one request.  Returns 1 with W filled, 0 when this worker should
+ * stop (EOF, DISC, a dead stream).  Caller holds read_lock.
+ */
+static int
+request_recv (struct connection *conn, struct work *w)
+{
+  struct nbd_request wire;
+  struct validate_state st;
+  struct request *r = &w->req;
+
+  if (atomic_load (&conn->status) < CONN_ACTIVE)                  /* R-2 */
+    return 0;
+  if (conn_read (conn, &wire, sizeof wire) == -1) {
+    if (errno == 0)                                               /* R-3 */
+      conn_set_status (conn, CONN_CLIENT_DONE);
+    else {
+      if (atomic_load (&conn->status) == CONN_ACTIVE)
+        debug ("reading request: %m");
+      conn_set_status (conn, CONN_DEAD);
+    }
+    return 0;
+  }
+  if (be32toh (wire.magic) != NBD_REQUEST_MAGIC) {                /* R-4 */
+    server_error ("client sent a request with bad magic %#" PRIx32
+                  ": disconnecting", be32toh (wire.magic));
+    conn_set_status (conn, CONN_DEAD);
+    return 0;
+  }
+  request_decode (&wire, r);
+  if (r->type == NBD_CMD_DISC) {                                  /* R-5 */
+    debug ("client sent DISC");
+    conn_set_status (conn, CONN_CLIENT_DONE);
+    return 0;
+  }
+  validate_state_of (conn, &st);
+  w->why = NULL;
+  w->buf = NULL;
+  w->err = request_validate (&st, r, &w->why);                    /* R-6 */
+  if (w->err == 0 && (r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE)) {
+    w->buf = thread_buffer (r->count);                            /* R-7 */
+    if (w->buf == NULL) {
+      w->err = ENOMEM;
+      w->why = "out of memory for the request buffer";
+    }
+  }
+  if (r->type != NBD_CMD_WRITE)
+    return 1;
+  if (w->err) {                                                   /* R-9 */
+    if (r->count > 2 * (uint64_t) NBD_MAX_REQUEST_SIZE) {
+      server_error ("client sent a WRITE of %" PRIu64 " bytes, too large "
+                    "to skip: disconnecting", r->count);
+      conn_set_status (conn, CONN_DEAD);
+      return 0;
+    }
+    if (conn_skip (conn, r->count) == -1) {
+      conn_set_status (conn, CONN_DEAD);
+      return 0;
+    }
+    return 1;
+  }
+  if (conn_read (conn, w->buf, r->count) == -1) {                 /* R-10 */
+    debug ("reading WRITE payload: %s", errno ? strerror (errno) : "EOF");
+    conn_set_status (conn, CONN_DEAD);
+    return 0;
+  }
+  return 1;
+}
+
+/* §4.3: NBD command flags to plugin flags. */
+static uint32_t
+plugin_flags (const struct request *r)
+{
+  uint32_t f = 0;
+
+  if (r->flags & NBD_CMD_FLAG_FUA)
+    f |= NBDKIT_FLAG_FUA;
+  if (r->type == NBD_CMD_WRITE_ZEROES) {
+    if (!(r->flags & NBD_CMD_FLAG_NO_HOLE))
+      f |= NBDKIT_FLAG_MAY_TRIM;
+    if (r->flags & NBD_CMD_FLAG_FAST_ZERO)
+      f |= NBDKIT_FLAG_FAST_ZERO;
+  }
+  if (r->type == NBD_CMD_BLOCK_STATUS && (r->flags & NBD_CMD_FLAG_REQ_ONE))
+    f |= NBDKIT_FLAG_REQ_ONE;
+  return f;
+}
+
+/* Block status: extents into the thread's list, descriptors into the
+ * thread's buffer, one chunk out.  Nothing is allocated per request.
+ */
+static int
+do_block_status (struct connection *conn, const struct request *r, int *err)
+{
+  struct nbdkit_extents *e = thread_extents ();
+  struct nbd_block_descriptor *desc;
+  bool req_one = r->flags & NBD_CMD_FLAG_REQ_ONE;
+  size_t max, n;
+
+  if (e == NULL) {
+    *err = ENOMEM;
+    return -1;
+  }
+  if (backend_extents (&conn->exp, r->count, r->offset, plugin_flags (r),
+                       e, err) == -1)
+    return -1;
+  max = req_one ? 1 : e->len < BLOCKSTATUS_MAX_DESC ? e->len * 2 + 1
+    : BLOCKSTATUS_MAX_DESC;
+  desc = thread_buffer (max * sizeof *desc);
+  if (desc == NULL) {
+    *err = ENOMEM;
+    return -1;
+  }
+  n = blockstatus_encode (e, r->offset, r->count, req_one, desc, max);
+  return reply_block_status (conn, r->cookie, desc, n) == -1 ? -2 : 0;
+}
+
+/* Call the backend for a valid request (R-13).  Returns 0, -1 with
+ * *err set, or -2 if the reply was already sent (or failed).
+ */
+static int
+request_run (struct connection *conn, struct work *w, int *err)
+{
+  const struct request *r = &w->req;
+  struct export *exp = &conn->exp;
+  uint32_t f = plugin_flags (r);
+
+  switch (r->type) {
+  case NBD_CMD_READ:
+    return backend_pread (exp, w->buf, r->count, r->offset, 0, err);
+  case NBD_CMD_WRITE:
+    return backend_pwrite (exp, w->buf, r->count, r->offset, f, err);
+  case NBD_CMD_FLUSH:
+    return backend_flush (exp, 0, err);
+  case NBD_CMD_TRIM:
+    return backend_trim (exp, r->count, r->offset, f, err);
+  case NBD_CMD_CACHE:
+    return backend_cache (exp, r->count, r->offset, 0, err);
+  case NBD_CMD_WRITE_ZEROES:
+    return backend_zero (exp, r->count, r->offset, f, err);
+  case NBD_CMD_BLOCK_STATUS:
+    return do_block_status (conn, r, err);
+  default:
+    *err = EINVAL;              /* unreachable: validation rejects it */
+    return -1;
+  }
+}
+
+/* Send the error reply for W.  With structured replies every error is
+ * an ERROR chunk with a message (R-16, R-17 beyond); otherwise simple.
+ */
+static void
+reply_failure (struct connection *conn, const struct work *w, int err)
+{
+  const struct request *r = &w->req;
+  struct thread_state *ts = thread_state ();
+  uint32_t nbd_err = errno_to_nbd (err, r->flags);
+  char msg[NBD_MAX_STRING + 1];
+  int len;
+
+  if (!conn->structured) {
+    reply_simple (conn, r->cookie, nbd_err, NULL, 0);
+    return;
+  }
+  if (w->why)
+    len = snprintf (msg, sizeof msg, "%s at offset %" PRIu64 " length %"
+                    PRIu64 " (export size %" PRIu64 "): %s",
+                    nbd_cmd_name (r->type), r->offset, r->count,
+                    conn->exp.caps.size, w->why);
+  else if (ts->last_error_len)
+    len = snprintf (msg, sizeof msg, "%.*s", (int) ts->last_error_len,
+                    ts->last_error);
+  else
+    len = snprintf (msg, sizeof msg, "%s failed: %s",
+                    nbd_cmd_name (r->type), strerror (err));
+  if (len < 0)
+    len = 0;
+  if ((size_t) len >= sizeof msg)
+    len = sizeof msg - 1;
+  reply_error (conn, r->cookie, nbd_err, msg, len);
+}
+
+static void
+request_handle (struct connection *conn, struct work *w)
+{
+  const struct request *r = &w->req;
+  int err = w->err;
+  int ret = -1;
+
+  thread_clear_error ();                                          /* R-13 */
+  if (err == 0) {
+    if (atomic_load (&conn->status) == CONN_DEAD)                 /* R-12 */
+      err = ESHUTDOWN;
+    else
+      ret = request_run (conn, w, &err);
+  }
+  else
+    debug ("%s: %s", nbd_cmd_name (r->type), w->why);
+  if (ret == -2 || atomic_load (&conn->status) == CONN_DEAD)      /* R-14 */
+    return;
+  if (ret == -1) {
+    if (w->err == 0)                                              /* R-15 */
+      debug ("%s at offset %" PRIu64 " length %" PRIu64 " failed: %s",
+             nbd_cmd_name (r->type), r->offset, r->count, strerror (err));
+    reply_failure (conn, w, err);
+    return;
+  }
+  if (r->type == NBD_CMD_READ && conn->structured)
+    reply_read_data (conn, r->cookie, r->offset, w->buf, r->count);
+  else if (r->type == NBD_CMD_READ)
+    reply_simple (conn, r->cookie, 0, w->buf, r->count);
+  else
+    reply_simple (conn, r->cookie, 0, NULL, 0);
+}
+
+void
+protocol_worker (struct connection *conn)
+{
+  for (;;) {
+    struct work w;
+    int r;
+
+    atomic_fetch_add (&conn->readers_waiting, 1);
+    pthread_mutex_lock (&conn->read_lock);
+    atomic_fetch_sub (&conn->readers_waiting, 1);
+    r = request_recv (conn, &w);
+    if (r == 1)
+      conn_maybe_add_worker (conn);
+    pthread_mutex_unlock (&conn->read_lock);                      /* R-11 */
+    if (r == 0)
+      break;
+    request_handle (conn, &w);
+  }
+}

@@ -1,0 +1,45 @@
+/* nbdsrv: pure request/reply logic, kept free of sockets and threads so
+ * unit tests and fuzzers can drive it directly.
+ */
+#ifndef NBDSRV_PROTOCOL_H
+#define NBDSRV_PROTOCOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nbd-protocol.h"
+
+struct nbdkit_extents;
+
+/* What validation needs to know about the connection (§4.1). */
+struct validate_state {
+  uint64_t size;                /* export size */
+  uint16_t eflags;              /* transmission flags as advertised */
+  bool structured;              /* structured replies negotiated */
+  bool meta_base_alloc;         /* base:allocation selected */
+  uint32_t align;               /* V-16: >1 to enforce, else 0 */
+};
+
+/* One decoded request. */
+struct request {
+  uint16_t flags;
+  uint16_t type;
+  uint64_t cookie;
+  uint64_t offset;
+  uint64_t count;
+};
+
+/* protocol-validate.c */
+void request_decode (const struct nbd_request *wire, struct request *req);
+int request_validate (const struct validate_state *st,
+                      const struct request *req, const char **why);
+uint32_t errno_to_nbd (int err, uint16_t flags);
+const char *nbd_cmd_name (uint16_t type);
+
+/* reply.c: encode base:allocation descriptors (R-20..R-23). */
+size_t blockstatus_encode (const struct nbdkit_extents *e,
+                           uint64_t offset, uint64_t count, bool req_one,
+                           struct nbd_block_descriptor *out, size_t max);
+
+#endif /* NBDSRV_PROTOCOL_H */

@@ -1,0 +1,115 @@
+/* nbdsrv: sending replies (§5).  Each reply leaves in one writev under
+ * the connection's write lock, so replies from parallel workers never
+ * interleave (R-24, R-25).
+ */
+#include "config.h"
+
+#include <endian.h>
+#include <string.h>
+#include <sys/uio.h>
+
+#include "internal.h"
+#include "connection.h"
+#include "protocol.h"
+#include "reply.h"
+
+static int
+send_locked (struct connection *conn, struct iovec *iov, int n)
+{
+  int r;
+
+  pthread_mutex_lock (&conn->write_lock);
+  r = conn_writev (conn, iov, n);
+  pthread_mutex_unlock (&conn->write_lock);
+  if (r == -1) {                                                  /* */
+    if (atomic_load (&conn->status) > CONN_DEAD)
+      debug ("sending reply: %m");
+    conn_set_status (conn, CONN_DEAD);
+  }
+  return r;
+}
+
+static void
+structured_header (struct nbd_structured_reply *h, uint64_t cookie,
+                   uint16_t type, uint32_t length)
+{
+  h->magic = htobe32 (NBD_STRUCTURED_REPLY_MAGIC);
+  h->flags = htobe16 (NBD_REPLY_FLAG_DONE);
+  h->type = htobe16 (type);
+  h->cookie = cookie;
+  h->length = htobe32 (length);
+}
+
+int
+reply_simple (struct connection *conn, uint64_t cookie, uint32_t error,
+              const void *data, size_t len)
+{
+  struct nbd_simple_reply h = {
+    .magic = htobe32 (NBD_SIMPLE_REPLY_MAGIC),
+    .error = htobe32 (error),
+    .cookie = cookie,
+  };
+  struct iovec iov[2] = { { &h, sizeof h }, { (void *) data, len } };
+
+  return send_locked (conn, iov, len ? 2 : 1);
+}
+
+int
+reply_read_data (struct connection *conn, uint64_t cookie, uint64_t offset,
+                 const void *data, uint32_t len)
+{
+  struct {
+    struct nbd_structured_reply h;
+    uint64_t offset;
+  } __attribute__ ((__packed__)) hdr;
+  struct iovec iov[2] = { { &hdr, sizeof hdr }, { (void *) data, len } };
+
+  structured_header (&hdr.h, cookie, NBD_REPLY_TYPE_OFFSET_DATA, 8 + len);
+  hdr.offset = htobe64 (offset);
+  return send_locked (conn, iov, 2);
+}
+
+/* R-17 beyond: the ERROR chunk carries MSG (truncated to 4096 bytes at
+ * a UTF-8 character boundary).
+ */
+int
+reply_error (struct connection *conn, uint64_t cookie, uint32_t error,
+             const char *msg, size_t msglen)
+{
+  struct {
+    struct nbd_structured_reply h;
+    uint32_t error;
+    uint16_t msglen;
+  } __attribute__ ((__packed__)) hdr;
+  struct iovec iov[2];
+
+  if (msglen > NBD_MAX_STRING) {
+    msglen = NBD_MAX_STRING;
+    while (msglen > 0 && ((unsigned char) msg[msglen] & 0xc0) == 0x80)
+      msglen--;
+  }
+  structured_header (&hdr.h, cookie, NBD_REPLY_TYPE_ERROR, 6 + msglen);
+  hdr.error = htobe32 (error);
+  hdr.msglen = htobe16 (msglen);
+  iov[0] = (struct iovec) { &hdr, sizeof hdr };
+  iov[1] = (struct iovec) { (void *) msg, msglen };
+  return send_locked (conn, iov, msglen ? 2 : 1);
+}
+
+int
+reply_block_status (struct connection *conn, uint64_t cookie,
+                    const struct nbd_block_descriptor *desc, size_t n)
+{
+  struct {
+    struct nbd_structured_reply h;
+    uint32_t context_id;
+  } __attribute__ ((__packed__)) hdr;
+  struct iovec iov[2] = {
+    { &hdr, sizeof hdr }, { (void *) desc, n * sizeof *desc },
+  };
+
+  structured_header (&hdr.h, cookie, NBD_REPLY_TYPE_BLOCK_STATUS,
+                     4 + n * sizeof *desc);                      /* */
+  hdr.context_id = htobe32 (1);
+  return send_locked (conn, iov, 2);
+}

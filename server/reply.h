@@ -1,0 +1,22 @@
+/* nbdsrv: reply senders (reply.c).  COOKIE is as received (opaque).
+ * Each returns 0, or -1 after marking the connection dead.
+ */
+#ifndef NBDSRV_REPLY_H
+#define NBDSRV_REPLY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct connection;
+struct nbd_block_descriptor;
+
+int reply_simple (struct connection *conn, uint64_t cookie, uint32_t error,
+                  const void *data, size_t len);
+int reply_read_data (struct connection *conn, uint64_t cookie,
+                     uint64_t offset, const void *data, uint32_t len);
+int reply_error (struct connection *conn, uint64_t cookie, uint32_t error,
+                 const char *msg, size_t msglen);
+int reply_block_status (struct connection *conn, uint64_t cookie,
+                        const struct nbd_block_descriptor *desc, size_t n);
+
+#endif /* NBDSRV_REPLY_H */

@@ -1,0 +1,304 @@
+/* nbdsrv: listening (TCP, Unix, vsock, systemd socket activation) and
+ * accepting.  Each accepted client gets a detached thread that runs the
+ * handshake and then becomes its first worker.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <linux/vm_sockets.h>
+
+#include "internal.h"
+#include "connection.h"
+#include "socket.h"
+
+#define LISTEN_BACKLOG 1024
+#define FIRST_ACTIVATION_FD 3   /* sd_listen_fds(3) */
+
+static int
+add_fd (struct listeners *l, int fd)
+{
+  if (l->n >= sizeof l->fds / sizeof l->fds[0]) {
+    close (fd);
+    fprintf (stderr, "nbdsrv: error: too many listening sockets\n");
+    return -1;
+  }
+  l->fds[l->n++] = fd;
+  return 0;
+}
+
+static int
+open_unix (struct listeners *l)
+{
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
+  const char *path = cfg.unixsocket;
+  char buf[sizeof addr.sun_path];
+  int fd;
+
+  if (strcmp (path, "-") == 0) {
+    char tmpl[] = "/tmp/nbdsrvXXXXXX";
+
+    if (mkdtemp (tmpl) == NULL) {
+      fprintf (stderr, "nbdsrv: error: cannot make a private socket "
+               "directory in /tmp: %m\n");
+      return -1;
+    }
+    l->tmpdir = strdup (tmpl);
+    snprintf (buf, sizeof buf, "%s/socket", tmpl);
+    path = buf;
+  }
+  if (strlen (path) >= sizeof addr.sun_path) {
+    fprintf (stderr, "nbdsrv: error: -U %s: the path is longer than %zu "
+             "bytes: use a shorter path\n", path, sizeof addr.sun_path - 1);
+    return -1;
+  }
+  strcpy (addr.sun_path, path);
+  fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd == -1 ||
+      bind (fd, (struct sockaddr *) &addr, sizeof addr) == -1 ||
+      listen (fd, LISTEN_BACKLOG) == -1) {
+    fprintf (stderr, "nbdsrv: error: -U %s: cannot listen: %m%s\n", path,
+             errno == EADDRINUSE ? " (remove the stale socket or choose "
+             "another path)" : "");
+    if (fd >= 0)
+      close (fd);
+    return -1;
+  }
+  l->unixpath = strdup (path);
+  return add_fd (l, fd);
+}
+
+static int
+open_vsock (struct listeners *l)
+{
+  struct sockaddr_vm addr = {
+    .svm_family = AF_VSOCK,
+    .svm_cid = VMADDR_CID_ANY,
+    .svm_port = cfg.port ? (unsigned) atoi (cfg.port) : 10809,
+  };
+  int fd = socket (AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+  if (fd == -1 ||
+      bind (fd, (struct sockaddr *) &addr, sizeof addr) == -1 ||
+      listen (fd, LISTEN_BACKLOG) == -1) {
+    fprintf (stderr, "nbdsrv: error: --vsock port %u: cannot listen: %m "
+             "(is the vsock module loaded?)\n", addr.svm_port);
+    if (fd >= 0)
+      close (fd);
+    return -1;
+  }
+  l->port = addr.svm_port;
+  return add_fd (l, fd);
+}
+
+static int
+bound_port (int fd)
+{
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+
+  if (getsockname (fd, (struct sockaddr *) &ss, &len) == -1)
+    return 0;
+  if (ss.ss_family == AF_INET)
+    return ntohs (((struct sockaddr_in *) &ss)->sin_port);
+  if (ss.ss_family == AF_INET6)
+    return ntohs (((struct sockaddr_in6 *) &ss)->sin6_port);
+  return 0;
+}
+
+static int
+open_tcp (struct listeners *l)
+{
+  struct addrinfo hints = {
+    .ai_family = cfg.ipfamily, .ai_socktype = SOCK_STREAM,
+    .ai_flags = AI_PASSIVE | AI_ADDRCONFIG,
+  };
+  struct addrinfo *res, *a;
+  const char *port = cfg.port ? cfg.port : "10809";
+  int r, one = 1;
+
+  r = getaddrinfo (cfg.ipaddr, port, &hints, &res);
+  if (r != 0) {
+    fprintf (stderr, "nbdsrv: error: cannot listen on %s port %s: %s\n",
+             cfg.ipaddr ? cfg.ipaddr : "any address", port,
+             gai_strerror (r));
+    return -1;
+  }
+  for (a = res; a; a = a->ai_next) {
+    int fd = socket (a->ai_family, a->ai_socktype | SOCK_CLOEXEC,
+                     a->ai_protocol);
+
+    if (fd == -1)
+      continue;
+    setsockopt (fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (a->ai_family == AF_INET6)
+      setsockopt (fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind (fd, a->ai_addr, a->ai_addrlen) == -1 ||
+        listen (fd, LISTEN_BACKLOG) == -1) {
+      fprintf (stderr, "nbdsrv: error: cannot listen on %s port %s: %m%s\n",
+               cfg.ipaddr ? cfg.ipaddr : "any address", port,
+               errno == EADDRINUSE ? " (another server is using it: "
+               "choose another with -p)" : "");
+      close (fd);
+      freeaddrinfo (res);
+      return -1;
+    }
+    if (add_fd (l, fd) == -1) {
+      freeaddrinfo (res);
+      return -1;
+    }
+    l->port = bound_port (fd);
+  }
+  freeaddrinfo (res);
+  if (l->n == 0) {
+    fprintf (stderr, "nbdsrv: error: no usable address to listen on\n");
+    return -1;
+  }
+  return 0;
+}
+
+/* LISTEN_PID/LISTEN_FDS (systemd socket activation). */
+static int
+open_activated (struct listeners *l)
+{
+  int n = atoi (getenv ("LISTEN_FDS"));
+
+  for (int i = 0; i < n; i++) {
+    int fd = FIRST_ACTIVATION_FD + i;
+
+    fcntl (fd, F_SETFD, FD_CLOEXEC);
+    if (add_fd (l, fd) == -1)
+      return -1;
+  }
+  unsetenv ("LISTEN_PID");
+  unsetenv ("LISTEN_FDS");
+  unsetenv ("LISTEN_FDNAMES");
+  return 0;
+}
+
+int
+listeners_open (struct listeners *l)
+{
+  memset (l, 0, sizeof *l);
+  if (cfg.socket_activation)
+    return open_activated (l);
+  if (cfg.unixsocket)
+    return open_unix (l);
+  if (cfg.vsock)
+    return open_vsock (l);
+  return open_tcp (l);
+}
+
+void
+listeners_close (struct listeners *l)
+{
+  for (size_t i = 0; i < l->n; i++)
+    close (l->fds[i]);
+  l->n = 0;
+  if (l->unixpath)
+    unlink (l->unixpath);
+  if (l->tmpdir)
+    rmdir (l->tmpdir);
+  free (l->unixpath);
+  free (l->tmpdir);
+  l->unixpath = l->tmpdir = NULL;
+}
+
+static void *
+conn_thread (void *arg)
+{
+  conn_serve (arg);
+  return NULL;
+}
+
+static void
+conn_start (int fd)
+{
+  struct connection *conn;
+  pthread_attr_t attr;
+  pthread_t thread;
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int one = 1;
+
+  if (getsockname (fd, (struct sockaddr *) &ss, &len) == 0 &&
+      (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)) {
+    setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (cfg.keepalive)
+      setsockopt (fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+  }
+  conn = conn_new (fd, fd);
+  if (conn == NULL) {
+    close (fd);
+    return;
+  }
+  pthread_attr_init (&attr);
+  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+  if (pthread_create (&thread, &attr, conn_thread, conn) != 0) {
+    server_error ("cannot start a thread for a new client: %m");
+    conn_set_status (conn, CONN_DEAD);
+    conn->nworkers = 1;
+    conn_serve (conn);          /* runs nothing, frees the connection */
+  }
+  pthread_attr_destroy (&attr);
+}
+
+void
+accept_loop (struct listeners *l)
+{
+  struct pollfd fds[17];
+  size_t n = l->n;
+
+  for (size_t i = 0; i < n; i++)
+    fds[i] = (struct pollfd) { .fd = l->fds[i], .events = POLLIN };
+  fds[n] = (struct pollfd) { .fd = quit_fd, .events = POLLIN };
+
+  while (!quit) {
+    if (poll (fds, n + 1, -1) == -1) {
+      if (errno == EINTR)
+        continue;
+      server_error ("poll: %m");
+      return;
+    }
+    for (size_t i = 0; i < n && !quit; i++) {
+      int fd;
+
+      if (!(fds[i].revents & POLLIN))
+        continue;
+      fd = accept4 (fds[i].fd, NULL, NULL, SOCK_CLOEXEC);
+      if (fd == -1) {
+        if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED)
+          server_error ("accept: %m");
+        continue;
+      }
+      conn_start (fd);
+    }
+  }
+}
+
+/* -s: one client on stdin/stdout. */
+void
+serve_single (void)
+{
+  struct connection *conn = conn_new (dup (0), dup (1));
+  int null = open ("/dev/null", O_RDWR | O_CLOEXEC);
+
+  /* Keep fds 0 and 1 occupied so nothing else writes to the client. */
+  if (null >= 0) {
+    dup2 (null, 0);
+    dup2 (null, 1);
+    close (null);
+  }
+  if (conn)
+    conn_serve (conn);
+}

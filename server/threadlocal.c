@@ -1,0 +1,83 @@
+/* nbdsrv: per-thread state (current connection, error, data buffer).
+ *
+ * Each worker keeps its READ/WRITE buffer for its whole life and only
+ * grows it, so a request never allocates (STYLE.md 8).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+static __thread struct thread_state tstate;
+static pthread_key_t buffer_key;
+static pthread_once_t buffer_key_once = PTHREAD_ONCE_INIT;
+
+/* Runs at thread exit (the key's value is only a marker). */
+static void
+free_thread_state (void *unused)
+{
+  free (tstate.buf);
+  tstate.buf = NULL;
+  tstate.buf_size = 0;
+  nbdkit_extents_free (tstate.extents);
+  tstate.extents = NULL;
+}
+
+static void
+make_buffer_key (void)
+{
+  pthread_key_create (&buffer_key, free_thread_state);
+}
+
+struct thread_state *
+thread_state (void)
+{
+  return &tstate;
+}
+
+void *
+thread_buffer (size_t n)
+{
+  void *p;
+
+  if (n <= tstate.buf_size)
+    return tstate.buf;
+  p = realloc (tstate.buf, n);
+  if (p == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  tstate.buf = p;
+  tstate.buf_size = n;
+  pthread_once (&buffer_key_once, make_buffer_key);
+  pthread_setspecific (buffer_key, &tstate);
+  return p;
+}
+
+struct nbdkit_extents *
+thread_extents (void)
+{
+  if (tstate.extents == NULL) {
+    tstate.extents = nbdkit_extents_new (0, 0);
+    if (tstate.extents == NULL)
+      return NULL;
+    pthread_once (&buffer_key_once, make_buffer_key);
+    pthread_setspecific (buffer_key, &tstate);
+  }
+  return tstate.extents;
+}
+
+void
+thread_clear_error (void)
+{
+  tstate.err = 0;
+  tstate.last_error_len = 0;
+}
+
+void
+nbdkit_set_error (int err)
+{
+  tstate.err = err;
+}
