@@ -201,11 +201,13 @@ def test_option_too_long(mem, length, opt):
         assert_closed(c)
 
 
-def test_option_64mib_accepted(mem):
-    """H-5: exactly MAX_REQUEST_SIZE is read (and skipped) normally."""
+@pytest.mark.parametrize("length", [1 << 20, 32 << 20, n.MAX_REQUEST_SIZE])
+def test_option_payload_up_to_64mib_accepted(mem, length):
+    """H-5: payloads up to MAX_REQUEST_SIZE are read (and skipped for an
+    unknown option) normally: UNSUP, not a size error."""
     with client(mem) as c:
         c.start()
-        r = c.option(99, bytes(n.MAX_REQUEST_SIZE))
+        r = c.option(99, bytes(length))
         assert types(r) == [n.REP_ERR_UNSUP]
         assert c.go()[-1].type == n.REP_ACK
 
