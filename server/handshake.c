@@ -474,8 +474,15 @@ option_read (struct connection *conn, uint32_t option, uint32_t len,
   int r;
 
   if (len > OPTION_MAX_BUFFERED) {
+    bool known = option >= NBD_OPT_EXPORT_NAME &&
+      option <= NBD_OPT_SET_META_CONTEXT && option != 4;
+
     if (conn_skip (conn, len) == -1)
       return -1;
+    if (fixed && !known)
+      return send_error (conn, option, NBD_REP_ERR_UNSUP,
+                         "option %" PRIu32 " is not supported by this "
+                         "server", option);
     return send_error (conn, option, NBD_REP_ERR_INVALID,
                        "option payload of %" PRIu32 " bytes is too large",
                        len);

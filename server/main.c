@@ -50,7 +50,7 @@ enum {
   OPT_TLS_VERIFY_PEER, OPT_VSOCK,
 };
 
-static const char short_opts[] = "46D:e:fg:i:noP:p:rst:U:u:vV";
+static const char short_opts[] = ":46D:e:fg:i:noP:p:rst:U:u:vV";
 static const struct option long_opts[] = {
   { "debug", required_argument, NULL, 'D' },
   { "dump-config", no_argument, NULL, OPT_DUMP_CONFIG },
@@ -206,6 +206,9 @@ set_log (const char *arg)
          "containing '/'", arg);
 }
 
+/* The option getopt just rejected, for the error message. */
+static const char *bad_option_name (void);
+
 static bool log_given;
 static bool dump_config, dump_plugin, help;
 
@@ -268,9 +271,11 @@ parse_option (int c, const char *arg)
     die ("TLS is not supported by this nbdsrv build yet: drop the "
          "--tls-* options");
   case OPT_VSOCK: cfg.vsock = true; break;
+  case ':':
+    die ("option '%s' needs a value: see 'nbdsrv --help'",
+         bad_option_name ());
   default:
-    fprintf (stderr, "nbdsrv: error: unknown option: see 'nbdsrv --help'\n");
-    exit (EXIT_FAILURE);
+    die ("unknown option '%s': see 'nbdsrv --help'", bad_option_name ());
   }
 }
 
@@ -423,12 +428,30 @@ daemonize (void)
   }
 }
 
+static int saved_argc;
+static char **saved_argv;
+
+static const char *
+bad_option_name (void)
+{
+  static char buf[3];
+
+  if (optopt) {
+    buf[0] = '-';
+    buf[1] = optopt;
+    return buf;
+  }
+  return optind > 0 && optind <= saved_argc ? saved_argv[optind - 1] : "?";
+}
+
 int
 main (int argc, char **argv)
 {
   struct listeners l = { .n = 0 };
   int c, status;
 
+  saved_argc = argc;
+  saved_argv = argv;
   while ((c = getopt_long (argc, argv, short_opts, long_opts, NULL)) != -1)
     parse_option (c, optarg);
   if (dump_config)

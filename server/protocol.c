@@ -153,7 +153,8 @@ do_block_status (struct connection *conn, const struct request *r, int *err)
     return -1;
   }
   n = blockstatus_encode (e, r->offset, r->count, req_one, desc, max);
-  return reply_block_status (conn, r->cookie, desc, n) == -1 ? -2 : 0;
+  reply_block_status (conn, r->cookie, desc, n);
+  return -2;                    /* the reply is sent */
 }
 
 /* Call the backend for a valid request (R-13).  Returns 0, -1 with

@@ -49,6 +49,18 @@ uri_escape (FILE *fp, const char *s)
   }
 }
 
+/* "localhost" unless -i names some other address. */
+static const char *
+uri_host (void)
+{
+  const char *ip = cfg.ipaddr;
+
+  if (ip == NULL || strcmp (ip, "127.0.0.1") == 0 || strcmp (ip, "::1") == 0
+      || strcmp (ip, "localhost") == 0)
+    return "localhost";
+  return ip;
+}
+
 char *
 uri_new (const struct listeners *l)
 {
@@ -59,23 +71,30 @@ uri_new (const struct listeners *l)
 
   if (fp == NULL)
     return NULL;
+  /* The same shapes as nbdkit's $uri: nbd+unix://?socket=PATH and
+   * nbd://localhost:PORT, with /EXPORT only when there is one.
+   */
   if (l->unixpath) {
-    fputs ("nbd+unix:///", fp);
-    uri_escape (fp, exp);
+    fputs ("nbd+unix://", fp);
+    if (*exp) {
+      fputc ('/', fp);
+      uri_escape (fp, exp);
+    }
     fprintf (fp, "?socket=%s", l->unixpath);
   }
-  else if (cfg.vsock) {
-    fprintf (fp, "nbd+vsock://1:%d/", l->port);
-    uri_escape (fp, exp);
-  }
   else {
-    const char *host = cfg.ipaddr ? cfg.ipaddr : "localhost";
+    const char *host = uri_host ();
 
-    if (strchr (host, ':'))
-      fprintf (fp, "nbd://[%s]:%d/", host, l->port);
+    if (cfg.vsock)
+      fprintf (fp, "nbd+vsock://1:%d", l->port);
+    else if (strchr (host, ':'))
+      fprintf (fp, "nbd://[%s]:%d", host, l->port);
     else
-      fprintf (fp, "nbd://%s:%d/", host, l->port);
-    uri_escape (fp, exp);
+      fprintf (fp, "nbd://%s:%d", host, l->port);
+    if (*exp) {
+      fputc ('/', fp);
+      uri_escape (fp, exp);
+    }
   }
   fclose (fp);
   return uri;
@@ -108,14 +127,8 @@ run_start (const struct listeners *l, const char *uri)
     return -1;
   fputs ("uri=", fp);
   shell_quote (fp, uri);
-  fputs ("\nnbd=", fp);
-  if (l->unixpath) {
-    fputs ("nbd:unix:", fp);
-    shell_quote (fp, l->unixpath);
-  }
-  else
-    fprintf (fp, "nbd:%s:%d", cfg.ipaddr ? cfg.ipaddr : "localhost",
-             l->port);
+  fputs ("\nnbd=", fp);          /* nbdkit: the same as $uri */
+  shell_quote (fp, uri);
   fputs ("\nport=", fp);
   if (l->unixpath == NULL)
     fprintf (fp, "%d", l->port);
