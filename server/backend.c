@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "minmax.h"
 
 #define ZERO_CAN_NONE    0
 #define ZERO_CAN_EMULATE 1
@@ -267,7 +268,7 @@ zero_by_writing (struct export *exp, uint32_t count, uint64_t offset,
                  int *err)
 {
   while (count > 0) {
-    uint32_t n = count < EMULATE_CHUNK ? count : EMULATE_CHUNK;
+    uint32_t n = MIN (count, (uint32_t) EMULATE_CHUNK);
 
     if (backend_pwrite (exp, zero_chunk, n, offset, 0, err) == -1)
       return -1;
@@ -336,7 +337,7 @@ backend_cache (struct export *exp, uint32_t count, uint64_t offset,
     return -1;
   }
   while (count > 0) {
-    uint32_t n = count < EMULATE_CHUNK ? count : EMULATE_CHUNK;
+    uint32_t n = MIN (count, (uint32_t) EMULATE_CHUNK);
 
     if (backend_pread (exp, buf, n, offset, 0, err) == -1)
       return -1;

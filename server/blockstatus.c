@@ -6,6 +6,7 @@
 #include <endian.h>
 
 #include "internal.h"
+#include "minmax.h"
 #include "protocol.h"
 
 /* Longest descriptor: lengths are u32 on the wire. */
@@ -33,7 +34,7 @@ blockstatus_encode (const struct nbdkit_extents *e,
     uint32_t status = e->ptr[i].type & (NBD_STATE_HOLE | NBD_STATE_ZERO);
 
     while (left > 0 && n < max && pos < end) {
-      uint64_t len = left < DESC_MAX_LENGTH ? left : DESC_MAX_LENGTH;
+      uint64_t len = MIN (left, (uint64_t) DESC_MAX_LENGTH);
 
       if (req_one && len > count)
         len = count;

@@ -20,6 +20,7 @@
 
 #include "internal.h"
 #include "connection.h"
+#include "minmax.h"
 
 /* Live connections, for shutdown and for waiting at exit. */
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -257,7 +258,7 @@ conn_read (struct connection *conn, void *buf, size_t n)
     ssize_t r;
 
     if (avail > 0) {
-      size_t k = avail < n ? avail : n;
+      size_t k = MIN (avail, n);
 
       memcpy (p, conn->rbuf + conn->rpos, k);
       conn->rpos += k;
@@ -295,7 +296,7 @@ conn_skip (struct connection *conn, uint64_t n)
   char junk[16384];
 
   while (n > 0) {
-    size_t k = n < sizeof junk ? n : sizeof junk;
+    size_t k = MIN (n, (uint64_t) sizeof junk);
 
     if (conn_read (conn, junk, k) == -1) {
       if (errno == 0)
