@@ -1,17 +1,27 @@
 # nbdsrv: the two commands a user needs are `make run` and `make check`.
 # The build itself is Meson + Ninja in build/.
+#
+#   make check SANITIZE=1   the same tests on an ASan+UBSan build (build-san/)
+#   make fuzz               every libFuzzer target for FUZZ_SECONDS each
+#   make bench              the benchmark against nbdkit, qemu-nbd, nbd-server
 
 BUILD ?= build
+MESON_OPTS ?=
+ifeq ($(SANITIZE),1)
+BUILD := build-san
+MESON_OPTS += -Db_sanitize=address,undefined -Db_lundef=false
+endif
 PYTHON := /usr/bin/python3
 PYTEST_ARGS ?=
+FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test-deps run check unit clean
+.PHONY: all deps test-deps run check fuzz bench clean
 
 all: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
 
 $(BUILD)/build.ninja:
-	meson setup $(BUILD)
+	meson setup $(MESON_OPTS) $(BUILD)
 
 deps:
 	@scripts/install-deps.sh build
@@ -28,7 +38,13 @@ run: all
 # Build, then run the C unit tests and the integration tests through
 # pytest, whose summary line ends the output.
 check: test-deps all
-	$(PYTHON) -m pytest -q -ra tests $(PYTEST_ARGS)
+	NBDSRV_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -ra tests $(PYTEST_ARGS)
+
+fuzz: test-deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh
+
+bench: test-deps all
+	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf build build-san build-fuzz
