@@ -3,6 +3,7 @@ private Unix socket, hand its URI to the test, and always stop it by PID.
 """
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -71,6 +72,19 @@ def start_server(impl, args, sock, env=None, timeout=10):
             proc.wait()
             raise RuntimeError("%s did not create %s" % (cmd, sock))
         time.sleep(0.01)
+    # bind() creates the file before listen(): wait until it accepts.
+    while True:
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(sock)
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    proc.kill()
+                    proc.wait()
+                    raise RuntimeError("%s is not accepting on %s"
+                                       % (cmd, sock))
+                time.sleep(0.01)
     return Server(impl, args, sock, proc)
 
 
