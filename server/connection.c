@@ -110,6 +110,8 @@ conn_free (struct connection *conn)
   pthread_cond_broadcast (&conns_cond);
   pthread_mutex_unlock (&conns_lock);
   free (conn);
+  if (cfg.single)               /* -s: the server's one client is gone */
+    quit_set ();
 }
 
 void
@@ -155,7 +157,9 @@ conn_maybe_add_worker (struct connection *conn)
   pthread_t thread;
   pthread_attr_t attr;
 
-  if (atomic_load (&conn->readers_waiting) > 0)
+  /* Cheap checks first: this runs for every request. */
+  if (atomic_load (&conn->readers_waiting) > 0 ||
+      atomic_load (&conn->nworkers) >= conn->max_workers)
     return;
   pthread_mutex_lock (&conn->workers_lock);
   if (conn->nworkers < conn->max_workers) {
@@ -168,6 +172,34 @@ conn_maybe_add_worker (struct connection *conn)
   pthread_mutex_unlock (&conn->workers_lock);
 }
 
+static void *
+conn_thread (void *arg)
+{
+  conn_serve (arg);
+  return NULL;
+}
+
+int
+conn_spawn (struct connection *conn)
+{
+  pthread_attr_t attr;
+  pthread_t thread;
+  int r;
+
+  pthread_attr_init (&attr);
+  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+  r = pthread_create (&thread, &attr, conn_thread, conn);
+  pthread_attr_destroy (&attr);
+  if (r != 0) {
+    errno = r;
+    server_error ("cannot start a thread for a new client: %m");
+    conn_set_status (conn, CONN_DEAD);
+    conn_serve (conn);          /* runs nothing, frees the connection */
+    return -1;
+  }
+  return 0;
+}
+
 void
 conn_serve (struct connection *conn)
 {
@@ -178,7 +210,8 @@ conn_serve (struct connection *conn)
     pthread_mutex_lock (&connection_lock);
   thread_state ()->conn = conn;
   conn->nworkers = 1;
-  if ((plugin.p.preconnect && plugin.p.preconnect (cfg.readonly) == -1) ||
+  if (atomic_load (&conn->status) == CONN_DEAD ||
+      (plugin.p.preconnect && plugin.p.preconnect (cfg.readonly) == -1) ||
       handshake (conn) == -1)
     conn_set_status (conn, CONN_DEAD);
   conn->deadline_ms = 0;
@@ -348,11 +381,33 @@ conns_shutdown_all (void)
   pthread_mutex_unlock (&conns_lock);
 }
 
+/* Wait for every connection to close.  A client that stopped reading
+ * can hold a worker in writev forever, so after GRACE_SECONDS the
+ * remaining connections are cut.
+ */
+#define GRACE_SECONDS 10
+
 void
 conns_wait_all (void)
 {
+  struct timespec deadline;
+  bool cut = false;
+
+  clock_gettime (CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += GRACE_SECONDS;
   pthread_mutex_lock (&conns_lock);
-  while (nconns > 0)
-    pthread_cond_wait (&conns_cond, &conns_lock);
+  while (nconns > 0) {
+    if (pthread_cond_timedwait (&conns_cond, &conns_lock, &deadline)
+        == ETIMEDOUT && !cut) {
+      for (struct connection *c = conns; c; c = c->next) {
+        conn_set_status (c, CONN_DEAD);
+        if (c->is_socket)
+          shutdown (c->fd_in, SHUT_RDWR);
+      }
+      server_error ("%u client(s) did not finish within %d seconds of "
+                    "shutdown: disconnected", nconns, GRACE_SECONDS);
+      cut = true;
+    }
+  }
   pthread_mutex_unlock (&conns_lock);
 }

@@ -47,7 +47,7 @@ struct connection {
 
   /* Worker threads, started on demand up to max_workers. */
   pthread_mutex_t workers_lock;
-  unsigned nworkers;            /* alive, guarded by workers_lock */
+  atomic_uint nworkers;         /* alive; changed under workers_lock */
   unsigned max_workers;
   atomic_uint readers_waiting;  /* workers queued on read_lock */
 
@@ -58,6 +58,7 @@ struct connection {
 /* connection.c */
 struct connection *conn_new (int fd_in, int fd_out);
 void conn_serve (struct connection *conn); /* runs until closed, frees */
+int conn_spawn (struct connection *conn);  /* conn_serve in a new thread */
 int conn_read (struct connection *conn, void *buf, size_t n);
 int conn_skip (struct connection *conn, uint64_t n);
 int conn_writev (struct connection *conn, struct iovec *iov, int iovcnt);

@@ -151,3 +151,223 @@ nbdkit_get_extent (const struct nbdkit_extents *e, size_t i)
     e->ptr[i].offset, e->ptr[i].length, e->ptr[i].type
   };
 }
+
+/* nbdkit-filter.h's view of the layer below a filter.  We do not ship
+ * nbdkit-filter.h yet, so the table is declared here with nbdkit's
+ * layout: a filter hands us a pointer whose target starts with these
+ * function pointers, in this order, and every call passes that same
+ * pointer back as the first argument.
+ */
+typedef struct nbdkit_next_ops nbdkit_next;
+struct nbdkit_next_ops {
+  int (*prepare) (nbdkit_next *next);
+  int (*finalize) (nbdkit_next *next);
+  int64_t (*get_size) (nbdkit_next *next);
+  const char * (*export_description) (nbdkit_next *next);
+  int (*block_size) (nbdkit_next *next, uint32_t *minimum,
+                     uint32_t *preferred, uint32_t *maximum);
+  int (*can_write) (nbdkit_next *next);
+  int (*can_flush) (nbdkit_next *next);
+  int (*is_rotational) (nbdkit_next *next);
+  int (*can_trim) (nbdkit_next *next);
+  int (*can_zero) (nbdkit_next *next);
+  int (*can_fast_zero) (nbdkit_next *next);
+  int (*can_extents) (nbdkit_next *next);
+  int (*can_fua) (nbdkit_next *next);
+  int (*can_multi_conn) (nbdkit_next *next);
+  int (*can_cache) (nbdkit_next *next);
+  int (*pread) (nbdkit_next *next, void *buf, uint32_t count,
+                uint64_t offset, uint32_t flags, int *err);
+  int (*pwrite) (nbdkit_next *next, const void *buf, uint32_t count,
+                 uint64_t offset, uint32_t flags, int *err);
+  int (*flush) (nbdkit_next *next, uint32_t flags, int *err);
+  int (*trim) (nbdkit_next *next, uint32_t count, uint64_t offset,
+               uint32_t flags, int *err);
+  int (*zero) (nbdkit_next *next, uint32_t count, uint64_t offset,
+               uint32_t flags, int *err);
+  int (*extents) (nbdkit_next *next, uint32_t count, uint64_t offset,
+                  uint32_t flags, struct nbdkit_extents *extents, int *err);
+  int (*cache) (nbdkit_next *next, uint32_t count, uint64_t offset,
+                uint32_t flags, int *err);
+};
+
+struct nbdkit_extents *nbdkit_extents_full (nbdkit_next *next,
+                                            uint32_t count, uint64_t offset,
+                                            uint32_t flags, int *err);
+int nbdkit_extents_aligned (nbdkit_next *next, uint32_t count,
+                            uint64_t offset, uint32_t flags, uint32_t align,
+                            struct nbdkit_extents *extents, int *err);
+
+/* End of what a list describes so far (its start if it is empty). */
+static uint64_t
+extents_covered (const struct nbdkit_extents *e)
+{
+  const struct extent *last;
+
+  if (e->len == 0)
+    return e->start;
+  last = &e->ptr[e->len - 1];
+  return last->offset + last->length;
+}
+
+/* Ask the layer below about [offset, end) into a fresh list.  A layer
+ * that succeeds without describing offset would make the callers loop
+ * for ever (nbdkit asserts here); it gets EIO instead.
+ */
+static struct nbdkit_extents *
+extents_query (nbdkit_next *next, uint64_t offset, uint64_t end,
+               uint32_t flags, int *err)
+{
+  struct nbdkit_extents *t = nbdkit_extents_new (offset, end);
+
+  if (t == NULL) {
+    *err = errno;
+    return NULL;
+  }
+  if (next->extents (next, end - offset, offset, flags, t, err) == -1)
+    goto out_free;
+  if (t->len == 0) {
+    nbdkit_error ("extents: the layer below returned no extent covering "
+                  "offset %" PRIu64, offset);
+    *err = EIO;
+    goto out_free;
+  }
+  return t;
+
+ out_free:
+  nbdkit_extents_free (t);
+  return NULL;
+}
+
+/* Copy every extent of SRC to the end of DST. */
+static int
+extents_concat (struct nbdkit_extents *dst, const struct nbdkit_extents *src,
+                int *err)
+{
+  for (size_t i = 0; i < src->len; i++) {
+    const struct extent *x = &src->ptr[i];
+
+    if (nbdkit_add_extent (dst, x->offset, x->length, x->type) == -1) {
+      *err = errno;
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* A list covering all of [offset, offset+count), built by asking the
+ * layer below as often as it takes.  REQ_ONE is dropped so that each
+ * answer is as long as the layer is willing to make it.
+ */
+struct nbdkit_extents *
+nbdkit_extents_full (nbdkit_next *next, uint32_t count, uint64_t offset,
+                     uint32_t flags, int *err)
+{
+  struct nbdkit_extents *ret;
+  uint64_t end = offset + count;
+
+  flags &= ~NBDKIT_FLAG_REQ_ONE;
+  ret = nbdkit_extents_new (offset, end);
+  if (ret == NULL) {
+    *err = errno;
+    return NULL;
+  }
+  /* Each round describes at least one more byte, so this ends. */
+  while (offset < end) {
+    struct nbdkit_extents *t = extents_query (next, offset, end, flags, err);
+    int r;
+
+    if (t == NULL)
+      goto out_free;
+    r = extents_concat (ret, t, err);
+    offset = extents_covered (t); /* not RET's: it stops at MAX_EXTENTS */
+    nbdkit_extents_free (t);
+    if (r == -1)
+      goto out_free;
+  }
+  return ret;
+
+ out_free:
+  nbdkit_extents_free (ret);
+  return NULL;
+}
+
+/* The first ALIGN bytes of E are described in pieces shorter than
+ * ALIGN: make them one extent whose type has only the bits every
+ * piece has (a block is a hole only if all of it is), asking the
+ * layer below for the rest of the block if E stops short of it.
+ */
+static int
+extents_merge_block (nbdkit_next *next, struct nbdkit_extents *e,
+                     uint64_t offset, uint32_t align, uint32_t flags,
+                     int *err)
+{
+  uint64_t block_end = offset + align;
+  uint64_t covered = offset;
+  uint32_t type = NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO;
+
+  for (size_t i = 0; i < e->len && covered < block_end; i++) {
+    type &= e->ptr[i].type;
+    covered = e->ptr[i].offset + e->ptr[i].length;
+  }
+  /* Each round describes at least one more byte, so this ends. */
+  while (covered < block_end) {
+    struct nbdkit_extents *t = extents_query (next, covered, block_end,
+                                              flags & ~NBDKIT_FLAG_REQ_ONE,
+                                              err);
+
+    if (t == NULL)
+      return -1;
+    for (size_t i = 0; i < t->len; i++)
+      type &= t->ptr[i].type;
+    covered = extents_covered (t);
+    nbdkit_extents_free (t);
+  }
+  e->ptr[0] = (struct extent) { offset, align, type };
+  e->len = 1;
+  e->next = block_end;
+  return 0;
+}
+
+/* Fill E from the layer below so that every extent starts and ends on
+ * a multiple of ALIGN.  The answer may describe less than COUNT bytes:
+ * it stops before the first extent that ends off alignment, except
+ * that the first ALIGN bytes are always described, merged into one
+ * extent if need be.
+ */
+int
+nbdkit_extents_aligned (nbdkit_next *next, uint32_t count, uint64_t offset,
+                        uint32_t flags, uint32_t align,
+                        struct nbdkit_extents *e, int *err)
+{
+  uint64_t mask = (uint64_t) align - 1;
+
+  if (align == 0 || (align & mask) != 0 || ((offset | count) & mask) != 0) {
+    nbdkit_error ("nbdkit_extents_aligned: offset %" PRIu64 " and count %"
+                  PRIu32 " must be multiples of the alignment %" PRIu32
+                  ", which must be a power of 2", offset, count, align);
+    *err = EINVAL;
+    return -1;
+  }
+  if (next->extents (next, count, offset, flags, e, err) == -1)
+    return -1;
+
+  for (size_t i = 0; i < e->len; i++) {
+    struct extent *x = &e->ptr[i];
+    uint64_t x_end = x->offset + x->length;
+
+    if ((x_end & mask) == 0)
+      continue;
+    /* The first extent that ends off alignment: keep what lies before
+     * its last alignment boundary, if that is past the first block.
+     */
+    if (x_end - offset > align) {
+      x->length = (x_end & ~mask) - x->offset;
+      e->len = i + (x->length > 0);
+      e->next = x->offset + x->length;
+      return 0;
+    }
+    return extents_merge_block (next, e, offset, align, flags, err);
+  }
+  return 0;
+}

@@ -214,19 +214,10 @@ listeners_close (struct listeners *l)
   l->unixpath = l->tmpdir = NULL;
 }
 
-static void *
-conn_thread (void *arg)
-{
-  conn_serve (arg);
-  return NULL;
-}
-
 static void
 conn_start (int fd)
 {
   struct connection *conn;
-  pthread_attr_t attr;
-  pthread_t thread;
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
   int one = 1;
@@ -242,15 +233,7 @@ conn_start (int fd)
     close (fd);
     return;
   }
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  if (pthread_create (&thread, &attr, conn_thread, conn) != 0) {
-    server_error ("cannot start a thread for a new client: %m");
-    conn_set_status (conn, CONN_DEAD);
-    conn->nworkers = 1;
-    conn_serve (conn);          /* runs nothing, frees the connection */
-  }
-  pthread_attr_destroy (&attr);
+  conn_spawn (conn);
 }
 
 void
@@ -286,12 +269,16 @@ accept_loop (struct listeners *l)
   }
 }
 
-/* -s: one client on stdin/stdout. */
+/* -s: one client on stdin/stdout.  It is served in its own thread, as
+ * any client, and the main thread waits for quit (set by a signal, or
+ * when the client's connection closes), so shutdown works the same.
+ */
 void
 serve_single (void)
 {
   struct connection *conn = conn_new (dup (0), dup (1));
   int null = open ("/dev/null", O_RDWR | O_CLOEXEC);
+  struct pollfd pfd = { .fd = quit_fd, .events = POLLIN };
 
   /* Keep fds 0 and 1 occupied so nothing else writes to the client. */
   if (null >= 0) {
@@ -299,6 +286,8 @@ serve_single (void)
     dup2 (null, 1);
     close (null);
   }
-  if (conn)
-    conn_serve (conn);
+  if (conn == NULL || conn_spawn (conn) == -1)
+    return;
+  while (!quit)
+    poll (&pfd, 1, -1);
 }
