@@ -367,6 +367,10 @@ def test_readonly(impl, tmp_path):
         info = json.loads(check_run(["nbdinfo", "--json",
                                      unix_uri(sock)]))
         assert info["exports"][0]["is_read_only"] is True
+        rc, _, err = run(["nbdinfo", "--is", "read-only", unix_uri(sock)])
+        assert rc == 0, err
+        rc, _, err = run(["nbdinfo", "--can", "write", unix_uri(sock)])
+        assert rc == 2, err
         h = connect_unix(sock)
         try:
             assert h.is_read_only()

@@ -154,6 +154,25 @@ def test_nbdinfo_list(server, impl):
     assert info["exports"][0]["export-size"] == GiB
 
 
+def test_nbdinfo_is_can(server, impl):
+    """nbdinfo --is/--can exit with 0 for true and 2 for false."""
+    s = server("memory", "size=1M", impl=impl)
+    assert run(["nbdinfo", "--is", "read-only", s.uri],
+               check=False).returncode == 2
+    for cap in ("connect", "write", "flush", "trim", "zero", "fua",
+                "multi-conn", "cache", "fast-zero", "df"):
+        proc = run(["nbdinfo", "--can", cap, s.uri], check=False)
+        assert proc.returncode == 0, (cap, proc.stderr)
+
+
+def test_nbdinfo_map_totals(server, impl):
+    s = server("memory", "size=4M", impl=impl)
+    qemu_io(s.uri, "write -P 1 0 1M")
+    proc = run(["nbdinfo", "--map", "--totals", "--json", s.uri])
+    totals = {t["type"]: t["size"] for t in json.loads(proc.stdout)}
+    assert totals == {0: MiB, 3: 3 * MiB}, totals
+
+
 def test_nbdinfo_map(server, impl):
     s = server("memory", "size=64M", impl=impl)
     before = extents(s.uri)
@@ -195,6 +214,15 @@ def test_qemu_img_convert_roundtrip(server, impl, tmp_path):
     assert file_bytes(out) == data
     run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(src),
          str(out)])
+    # Again with 16 coroutines and out-of-order writes: many requests
+    # in flight on one connection.
+    data2 = random_file(src, size, seed=3)
+    run(["qemu-img", "convert", "-n", "-W", "-m", "16", "-f", "raw",
+         "-O", "raw", str(src), s.uri])
+    out.unlink()
+    run(["qemu-img", "convert", "-m", "16", "-f", "raw", "-O", "raw",
+         s.uri, str(out)])
+    assert file_bytes(out) == data2
     # qemu-img compare must notice a difference, or the checks above
     # prove nothing.
     qemu_io(s.uri, "write -P 0x5a 32M 4k")
