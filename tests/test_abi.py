@@ -1,0 +1,197 @@
+"""Plugin ABI compatibility with Debian's nbdkit 1.32.
+
+A plugin binary built for nbdkit depends on three things: the layout of
+struct nbdkit_plugin and the constants in the headers (checked by
+tests/abi/probe.c, compiled against nbdkit's headers and against ours),
+the prototypes of the nbdkit_* functions it calls (checked by compiling
+nbdkit's declarations against our headers), and the symbols the server
+exports for the dynamic linker to bind them to (checked with nm -D).
+"""
+import os
+import re
+import subprocess
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BUILD = os.environ.get("NBDSRV_BUILD", os.path.join(ROOT, "build"))
+NBDSRV = os.path.join(BUILD, "nbdsrv")
+OUR_INCLUDE = os.path.join(ROOT, "include")
+DEBIAN_INCLUDE = "/usr/include"
+DEBIAN_NBDKIT = "/usr/bin/nbdkit"
+PROBE = os.path.join(ROOT, "tests", "abi", "probe.c")
+
+CFLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-Werror",
+          "-Werror=incompatible-pointer-types"]
+
+need_debian_headers = pytest.mark.skipif(
+    not os.path.exists(os.path.join(DEBIAN_INCLUDE, "nbdkit-plugin.h")),
+    reason="Debian's nbdkit-plugin-dev is not installed")
+
+
+def compile_c(args, what):
+    proc = subprocess.run(["cc"] + CFLAGS + args, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=120)
+    out = proc.stdout.decode(errors="replace")
+    assert proc.returncode == 0, "compiling %s failed:\n%s" % (what, out)
+
+
+def run_probe(tmp_path, include, api):
+    exe = str(tmp_path / ("probe-%s-%d" % (os.path.basename(include), api)))
+    compile_c(["-DPROBE_API=%d" % api, "-I", include, "-o", exe, PROBE],
+              "probe.c against %s (API %d)" % (include, api))
+    out = subprocess.run([exe], stdout=subprocess.PIPE, check=True,
+                         timeout=60).stdout.decode()
+    return out.splitlines()
+
+
+@need_debian_headers
+@pytest.mark.parametrize("api", [0, 1, 2],
+                         ids=["api-default", "api-1", "api-2"])
+def test_plugin_struct_layout(tmp_path, api):
+    """Every offset, size, field type and constant is nbdkit's."""
+    theirs = run_probe(tmp_path, DEBIAN_INCLUDE, api)
+    ours = run_probe(tmp_path, OUR_INCLUDE, api)
+    fields = [l for l in theirs if l.startswith("field ")]
+    # 49 fields in nbdkit 1.32; all of them must have the documented type.
+    assert len(fields) == 49
+    bad = [l for l in ours + theirs
+           if l.startswith("field ") and not l.endswith("type_ok=1")]
+    assert not bad, "fields whose type is not the documented one:\n" + \
+        "\n".join(bad)
+    diff = [(t, o) for t, o in zip(theirs, ours) if t != o]
+    assert len(theirs) == len(ours) and not diff, (
+        "probe output differs (nbdkit's, ours):\n%s"
+        % "\n".join("%s\n%s" % d for d in diff))
+    expected_api = 2 if api == 2 else 1
+    assert "register _api_version=%d" % expected_api in ours
+
+
+# NBDKIT_EXTERN_DECL (RET, NAME, (ARGS) [ATTRIBUTE_FORMAT_PRINTF (..)]);
+DECL = re.compile(r"NBDKIT_EXTERN_DECL\s*\(\s*(?P<ret>[^,]+?)\s*,\s*"
+                  r"(?P<name>nbdkit_\w+)\s*,\s*(?P<args>\(.*?\))\s*"
+                  r"(?:ATTRIBUTE_\w+\s*\([^)]*\)\s*)?\)\s*;", re.S)
+
+
+def declarations(path):
+    """{name: (return type, argument list)} of the NBDKIT_EXTERN_DECLs
+    in the header at PATH; every use of the macro must be understood."""
+    with open(path) as f:
+        text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
+    uses = len(re.findall(r"^\s*NBDKIT_EXTERN_DECL\b", text, flags=re.M))
+    decls = {m.group("name"): (" ".join(m.group("ret").split()),
+                               " ".join(m.group("args").split()))
+             for m in DECL.finditer(text)}
+    assert len(decls) == uses, (
+        "%s: parsed %d of %d declarations: %s" % (path, len(decls), uses,
+                                                 sorted(decls)))
+    return decls
+
+
+def check_prototypes(tmp_path, decls, name):
+    """Compile against our headers a file that first takes the address
+    of each function (an error if we do not declare it), then declares
+    it again with nbdkit's prototype (an error if the types conflict).
+    """
+    lines = ["#define NBDKIT_API_VERSION 2",
+             "#include <nbdkit-plugin.h>", ""]
+    for fn, (ret, args) in sorted(decls.items()):
+        lines.append("void (*const probe_%s) (void) = (void (*) (void)) &%s;"
+                     % (fn, fn))
+        lines.append("extern %s %s %s;" % (ret, fn, args))
+    src = tmp_path / (name + ".c")
+    src.write_text("\n".join(lines) + "\n")
+    compile_c(["-I", OUR_INCLUDE, "-c", "-o", str(tmp_path / (name + ".o")),
+               str(src)], "nbdkit's prototypes against our headers")
+
+
+@need_debian_headers
+def test_function_prototypes(tmp_path):
+    """Every function nbdkit's plugin headers declare, ours declare with
+    a compatible prototype."""
+    decls = {}
+    for h in ("nbdkit-common.h", "nbdkit-plugin.h"):
+        decls.update(declarations(os.path.join(DEBIAN_INCLUDE, h)))
+    assert len(decls) >= 36, sorted(decls)  # 36 in nbdkit 1.32
+    assert decls["nbdkit_parse_int"] == (
+        "int", "(const char *what, const char *str, int *r)")
+    check_prototypes(tmp_path, decls, "prototypes")
+
+
+@need_debian_headers
+def test_prototype_check_detects_a_mismatch(tmp_path):
+    """The method above fails on a wrong prototype or a missing one."""
+    wrong = {"nbdkit_parse_int": ("int", "(const char *, const char *, "
+                                  "long *)")}
+    with pytest.raises(AssertionError, match="conflicting types"):
+        check_prototypes(tmp_path, wrong, "wrong")
+    missing = {"nbdkit_no_such_function": ("int", "(void)")}
+    with pytest.raises(AssertionError, match="undeclared"):
+        check_prototypes(tmp_path, missing, "missing")
+
+
+@need_debian_headers
+def test_filter_layouts_we_rely_on(tmp_path):
+    """server/extents.c and server/exports.c declare nbdkit-filter.h's
+    types themselves (we do not ship that header yet); check the
+    layouts they assume against nbdkit's header."""
+    src = tmp_path / "filter.c"
+    src.write_text("""
+#include <stddef.h>
+#include <nbdkit-filter.h>
+_Static_assert (offsetof (struct nbdkit_next_ops, extents)
+                == 20 * sizeof (void (*) (void)), "extents offset");
+_Static_assert (sizeof (struct nbdkit_extent) == 24, "nbdkit_extent size");
+_Static_assert (offsetof (struct nbdkit_extent, type) == 16, "type offset");
+_Static_assert (sizeof (struct nbdkit_export) == 2 * sizeof (char *),
+                "nbdkit_export size");
+_Static_assert (offsetof (struct nbdkit_export, description)
+                == sizeof (char *), "description offset");
+""")
+    compile_c(["-I", DEBIAN_INCLUDE, "-c", "-o", str(tmp_path / "filter.o"),
+               str(src)], "filter layout checks")
+
+
+def dynamic_symbols(path):
+    """{name: nm type letter} of the defined dynamic symbols of PATH."""
+    out = subprocess.run(["nm", "-D", "--defined-only", path],
+                         stdout=subprocess.PIPE, check=True,
+                         timeout=60).stdout.decode()
+    syms = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            syms[parts[2]] = parts[1]
+    return syms
+
+
+# Filter-only: these manage the filter's next layer, which a plugin
+# never sees.  nbdkit's nbdkit_debug_* variables are its own core's -D
+# flags, not API.
+FILTER_ONLY = re.compile(r"^nbdkit_(context_|next_)")
+
+
+@pytest.mark.skipif(not os.path.exists(DEBIAN_NBDKIT),
+                    reason="Debian's nbdkit is not installed")
+def test_exported_symbols():
+    """Every nbdkit_* function nbdkit exports, nbdsrv exports too."""
+    assert os.path.exists(NBDSRV), "build nbdsrv first: %s" % NBDSRV
+    theirs = dynamic_symbols(DEBIAN_NBDKIT)
+    ours = dynamic_symbols(NBDSRV)
+    api = sorted(s for s, t in theirs.items()
+                 if s.startswith("nbdkit_") and t == "T"
+                 and not FILTER_ONLY.match(s))
+    assert len(api) >= 46, api  # 46 in nbdkit 1.32
+    missing = [s for s in api if ours.get(s) != "T"]
+    assert not missing, "nbdsrv does not export: %s" % ", ".join(missing)
+
+
+def test_only_the_api_is_exported():
+    """nbdsrv exports the nbdkit_* API (and nbdsrv_* additions) and
+    none of its internals (STYLE.md 14).  Versioned names are glibc's
+    copy relocations (stdout@GLIBC_2.2.5), not ours."""
+    assert os.path.exists(NBDSRV), "build nbdsrv first: %s" % NBDSRV
+    extra = sorted(s for s in dynamic_symbols(NBDSRV)
+                   if "@" not in s and not s.startswith(("nbdkit_",
+                                                         "nbdsrv_")))
+    assert not extra, "nbdsrv exports internal symbols: %s" % extra
