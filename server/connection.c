@@ -21,6 +21,7 @@
 #include "internal.h"
 #include "connection.h"
 #include "minmax.h"
+#include "reply.h"
 
 /* Live connections, for shutdown and for waiting at exit. */
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -46,8 +47,11 @@ conn_new (int fd_in, int fd_out)
 {
   struct connection *conn = calloc (1, sizeof *conn);
 
-  if (conn == NULL || (conn->rbuf = malloc (CONN_RBUF_SIZE)) == NULL) {
+  if (conn == NULL || (conn->rbuf = malloc (CONN_RBUF_SIZE)) == NULL ||
+      (conn->obuf = malloc (CONN_OBUF_SIZE)) == NULL) {
     server_error ("cannot accept a connection: out of memory");
+    if (conn)
+      free (conn->rbuf);
     free (conn);
     return NULL;
   }
@@ -98,6 +102,7 @@ conn_free (struct connection *conn)
   }
   free (conn->meta_export);
   free (conn->rbuf);
+  free (conn->obuf);
   pthread_mutex_destroy (&conn->read_lock);
   pthread_mutex_destroy (&conn->write_lock);
   pthread_mutex_destroy (&conn->workers_lock);
@@ -262,12 +267,17 @@ wait_readable (struct connection *conn)
   return -1;
 }
 
-/* Refill rbuf.  Returns bytes read, 0 at EOF, -1 on error. */
+/* Refill rbuf.  Returns bytes read, 0 at EOF, -1 on error.  Batched
+ * replies leave first: read() may block, and the client may be waiting
+ * for them before it sends more.
+ */
 static ssize_t
 conn_fill (struct connection *conn, void *dst, size_t n)
 {
   ssize_t r;
 
+  if (conn->olen && reply_flush (conn) == -1)
+    return -1;
   if ((conn->deadline_ms || !conn->is_socket) && wait_readable (conn) == -1)
     return -1;
   do

@@ -18,6 +18,7 @@ enum conn_status {
 };
 
 #define CONN_RBUF_SIZE (128 * 1024)
+#define CONN_OBUF_SIZE (256 * 1024)
 
 struct connection {
   unsigned id;                  /* for log lines, from 1 */
@@ -42,6 +43,9 @@ struct connection {
   pthread_mutex_t read_lock;
   char *rbuf;                   /* owned, CONN_RBUF_SIZE bytes */
   size_t rpos, rlen;            /* unread bytes are rbuf[rpos..rlen) */
+  char *obuf;                   /* owned: batched replies (reply.c) */
+  size_t olen;                  /* bytes waiting in obuf */
+  atomic_uint call_ns;          /* running average of a backend call */
 
   pthread_mutex_t write_lock;   /* one whole reply at a time */
 

@@ -1,6 +1,11 @@
-/* nbdsrv: sending replies (§5).  Each reply leaves in one writev under
- * the connection's write lock, so replies from parallel workers never
+/* nbdsrv: sending replies (§5).  Each reply leaves whole under the
+ * connection's write lock, so replies from parallel workers never
  * interleave (R-24, R-25).
+ *
+ * Replies to requests run inline by the worker that holds the read lock
+ * (fast requests, see protocol.c) are batched in the connection's obuf
+ * and leave in one write when that worker is about to block reading or
+ * lets go of the read lock: the "before sleep" flush of an event loop.
  */
 #include "config.h"
 
@@ -29,6 +34,43 @@ send_locked (struct connection *conn, struct iovec *iov, int n)
   return r;
 }
 
+/* Send the batched replies.  Caller holds read_lock (which owns obuf). */
+int
+reply_flush (struct connection *conn)
+{
+  struct iovec iov = { conn->obuf, conn->olen };
+  int r;
+
+  if (conn->olen == 0)
+    return 0;
+  r = send_locked (conn, &iov, 1);
+  conn->olen = 0;
+  return r;
+}
+
+/* Send now, or append to the batch when BATCH (caller holds read_lock).
+ * A reply too large for the batch flushes it and goes out directly.
+ */
+static int
+reply_send (struct connection *conn, bool batch, struct iovec *iov, int n)
+{
+  size_t len = 0;
+
+  if (!batch)
+    return send_locked (conn, iov, n);
+  for (int i = 0; i < n; i++)
+    len += iov[i].iov_len;
+  if (len > CONN_OBUF_SIZE - conn->olen && reply_flush (conn) == -1)
+    return -1;
+  if (len > CONN_OBUF_SIZE)
+    return send_locked (conn, iov, n);
+  for (int i = 0; i < n; i++) {
+    memcpy (conn->obuf + conn->olen, iov[i].iov_base, iov[i].iov_len);
+    conn->olen += iov[i].iov_len;
+  }
+  return 0;
+}
+
 static void
 structured_header (struct nbd_structured_reply *h, uint64_t cookie,
                    uint16_t type, uint32_t length)
@@ -41,7 +83,7 @@ structured_header (struct nbd_structured_reply *h, uint64_t cookie,
 }
 
 int
-reply_simple (struct connection *conn, uint64_t cookie, uint32_t error,
+reply_simple (struct connection *conn, bool batch, uint64_t cookie, uint32_t error,
               const void *data, size_t len)
 {
   struct nbd_simple_reply h = {
@@ -51,11 +93,11 @@ reply_simple (struct connection *conn, uint64_t cookie, uint32_t error,
   };
   struct iovec iov[2] = { { &h, sizeof h }, { (void *) data, len } };
 
-  return send_locked (conn, iov, len ? 2 : 1);
+  return reply_send (conn, batch, iov, len ? 2 : 1);
 }
 
 int
-reply_read_data (struct connection *conn, uint64_t cookie, uint64_t offset,
+reply_read_data (struct connection *conn, bool batch, uint64_t cookie, uint64_t offset,
                  const void *data, uint32_t len)
 {
   struct {
@@ -66,14 +108,14 @@ reply_read_data (struct connection *conn, uint64_t cookie, uint64_t offset,
 
   structured_header (&hdr.h, cookie, NBD_REPLY_TYPE_OFFSET_DATA, 8 + len);
   hdr.offset = htobe64 (offset);
-  return send_locked (conn, iov, 2);
+  return reply_send (conn, batch, iov, 2);
 }
 
 /* R-17 beyond: the ERROR chunk carries MSG (truncated to 4096 bytes at
  * a UTF-8 character boundary).
  */
 int
-reply_error (struct connection *conn, uint64_t cookie, uint32_t error,
+reply_error (struct connection *conn, bool batch, uint64_t cookie, uint32_t error,
              const char *msg, size_t msglen)
 {
   struct {
@@ -93,11 +135,11 @@ reply_error (struct connection *conn, uint64_t cookie, uint32_t error,
   hdr.msglen = htobe16 (msglen);
   iov[0] = (struct iovec) { &hdr, sizeof hdr };
   iov[1] = (struct iovec) { (void *) msg, msglen };
-  return send_locked (conn, iov, msglen ? 2 : 1);
+  return reply_send (conn, batch, iov, msglen ? 2 : 1);
 }
 
 int
-reply_block_status (struct connection *conn, uint64_t cookie,
+reply_block_status (struct connection *conn, bool batch, uint64_t cookie,
                     const struct nbd_block_descriptor *desc, size_t n)
 {
   struct {
@@ -111,5 +153,5 @@ reply_block_status (struct connection *conn, uint64_t cookie,
   structured_header (&hdr.h, cookie, NBD_REPLY_TYPE_BLOCK_STATUS,
                      4 + n * sizeof *desc);                      /* */
   hdr.context_id = htobe32 (1);
-  return send_locked (conn, iov, 2);
+  return reply_send (conn, batch, iov, 2);
 }
