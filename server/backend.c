@@ -193,6 +193,23 @@ backend_close (struct export *exp)
       return -1;                                                \
   } while (0)
 
+/* A plugin may advertise what it has no callback for: can_write
+ * without .pwrite, can_fua emulated or can_flush without .flush,
+ * can_trim without .trim.  Fail the request as nbdkit does instead of
+ * calling NULL.
+ */
+#define HAS_CALLBACK(p, cb) \
+  ((p)->_api_version == 1 ? (p)->_##cb##_v1 != NULL : (p)->cb != NULL)
+
+static int
+missing_callback (const char *cb, int errnum, int *err)
+{
+  nbdkit_error ("the plugin advertised a feature that needs .%s, but has "
+                "no .%s callback: fix the plugin's can_* callbacks", cb, cb);
+  *err = errnum;
+  return -1;
+}
+
 int
 backend_pread (struct export *exp, void *buf, uint32_t count,
                uint64_t offset, uint32_t flags, int *err)
@@ -211,6 +228,8 @@ backend_flush (struct export *exp, uint32_t flags, int *err)
 {
   const struct nbdkit_plugin *p = &plugin.p;
 
+  if (!HAS_CALLBACK (p, flush))
+    return missing_callback ("flush", EINVAL, err);
   if (p->_api_version == 1)
     CALL (p->_flush_v1 (exp->handle));
   else
@@ -240,6 +259,8 @@ backend_pwrite (struct export *exp, const void *buf, uint32_t count,
   const struct nbdkit_plugin *p = &plugin.p;
   bool flush_after;
 
+  if (!HAS_CALLBACK (p, pwrite))
+    return missing_callback ("pwrite", EROFS, err);
   flags = native_fua (exp, flags, &flush_after);
   if (p->_api_version == 1)
     CALL (p->_pwrite_v1 (exp->handle, buf, count, offset));
@@ -255,6 +276,8 @@ backend_trim (struct export *exp, uint32_t count, uint64_t offset,
   const struct nbdkit_plugin *p = &plugin.p;
   bool flush_after;
 
+  if (!HAS_CALLBACK (p, trim))
+    return missing_callback ("trim", EINVAL, err);
   flags = native_fua (exp, flags, &flush_after);
   if (p->_api_version == 1)
     CALL (p->_trim_v1 (exp->handle, count, offset));
@@ -288,7 +311,8 @@ backend_zero (struct export *exp, uint32_t count, uint64_t offset,
   int r;
 
   flags = native_fua (exp, flags, &flush_after);
-  if (exp->caps.can_zero == ZERO_CAN_NATIVE) {
+  /* can_zero without .zero: emulated, as nbdkit does. */
+  if (exp->caps.can_zero == ZERO_CAN_NATIVE && HAS_CALLBACK (p, zero)) {
     thread_clear_error ();
     lock_request ();
     if (p->_api_version == 1)
