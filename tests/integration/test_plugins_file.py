@@ -1,0 +1,472 @@
+"""File-backed plugins (file, split, partitioning): each test runs our
+plugin under nbdsrv and Debian's plugin of the same name under nbdkit,
+with the same command line on two identical copies of the backing
+files, and checks that real clients (libnbd, nbdinfo, qemu-img,
+nbdcopy, sfdisk) see the same thing, and that the backing files end up
+with the same bytes and, for the file plugin, the same allocation.
+
+The file plugin's zeroing fallbacks depend on the file system, so its
+tests run on the temporary directory (ext4 or similar) and on a tmpfs.
+"""
+import os
+import random
+import shutil
+import subprocess
+
+import nbd
+import pytest
+
+from conftest import BINARIES
+
+PAGE = 65536
+
+
+# ---------------------------------------------------------------------
+# Helpers
+
+def fs_type(path):
+    """File system type of the mount holding PATH, from /proc/mounts."""
+    path = os.path.realpath(path)
+    best, kind = "", None
+    with open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            mnt = fields[1]
+            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) \
+                    and len(mnt) >= len(best):
+                best, kind = mnt, fields[2]
+    return kind
+
+
+def tmpfs_dir(tmp_path):
+    """A private directory on tmpfs, or skip the test."""
+    if fs_type("/dev/shm") != "tmpfs":
+        pytest.skip("/dev/shm is not a tmpfs")
+    d = "/dev/shm/nbdsrv-test-%d-%s" % (os.getpid(), tmp_path.name)
+    os.makedirs(d)
+    return d
+
+
+@pytest.fixture(params=["disk", "tmpfs"])
+def fsdir(request, tmp_path):
+    """A directory on a disk file system or on a tmpfs (removed after)."""
+    if request.param == "disk":
+        d = str(tmp_path / "data")
+        os.makedirs(d)
+        if fs_type(d) == "tmpfs":
+            pytest.skip("the temporary directory is itself a tmpfs")
+        yield d
+        return
+    d = tmpfs_dir(tmp_path)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def make_sparse(path, size, chunks):
+    """Create PATH of SIZE bytes with data only at CHUNKS [(offset, bytes)]."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off, data in chunks:
+            f.seek(off)
+            f.write(data)
+
+
+def twin_dirs(base):
+    """Two sibling directories, one per server, holding identical files."""
+    a, b = os.path.join(base, "ours"), os.path.join(base, "theirs")
+    os.makedirs(a)
+    os.makedirs(b)
+    return a, b
+
+
+def start_pair(server, name, args_of_dir, dirs, readonly=False):
+    """Our plugin on DIRS[0] and Debian's on DIRS[1]; ARGS_OF_DIR maps a
+    directory to the plugin arguments."""
+    flags = ["-r"] if readonly else []
+    ours = server(*(flags + [name] + args_of_dir(dirs[0])), impl="nbdsrv")
+    theirs = server(*(flags + [name] + args_of_dir(dirs[1])), impl="nbdkit")
+    return ours, theirs
+
+
+def connect(srv, export=None):
+    h = nbd.NBD()
+    h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+    if export is None:
+        h.connect_uri(srv.uri)
+    else:
+        h.connect_uri(srv.uri_for(export))
+    return h
+
+
+def export_flags(h):
+    names = ["get_size", "is_read_only", "is_rotational", "can_flush",
+             "can_fua", "can_trim", "can_zero", "can_fast_zero",
+             "can_multi_conn", "can_cache", "can_df",
+             "can_meta_context"]
+    out = {}
+    for n in names:
+        fn = getattr(h, n)
+        out[n] = fn(nbd.CONTEXT_BASE_ALLOCATION) if n == "can_meta_context" \
+            else fn()
+    return out
+
+
+def block_status(h, count, offset, flags=0):
+    entries = []
+
+    def cb(metacontext, off, e, err):
+        entries.extend(e)
+        return 0
+
+    h.block_status(count, offset, cb, flags)
+    return entries
+
+
+def errno_of(fn):
+    try:
+        fn()
+    except nbd.Error as e:
+        return e.errnum
+    return 0
+
+
+def read_queries(size, seed):
+    if size == 0:
+        return []
+    rnd = random.Random(seed)
+    q = [(min(size, 4 << 20), 0), (min(size, 13), size - min(size, 13))]
+    for _ in range(40):
+        off = rnd.randrange(size)
+        q.append((rnd.randint(1, min(size - off, 200000)), off))
+    return q
+
+
+def status_queries(size):
+    if size == 0:
+        return []
+    q = [(min(size, 1 << 30), 0, 0), (min(size, 1 << 30), 0,
+                                      nbd.CMD_FLAG_REQ_ONE)]
+    if size > 4 * PAGE:
+        q += [(PAGE, PAGE, 0), (1000, PAGE + 5, 0), (100, 0, 0),
+              (size - 70001, 70001, 0), (4096, size - 4096, 0)]
+    return q
+
+
+def assert_same_view(a, b, seed=0, statuses=None):
+    assert export_flags(a) == export_flags(b)
+    size = a.get_size()
+    for count, offset in read_queries(size, seed):
+        assert a.pread(count, offset) == b.pread(count, offset), \
+            "pread count=%d offset=%d" % (count, offset)
+    for count, offset, flags in (statuses or status_queries)(size):
+        assert block_status(a, count, offset, flags) == \
+            block_status(b, count, offset, flags), \
+            "block status count=%d offset=%d flags=%d" % (count, offset, flags)
+
+
+def apply_both(handles, fn):
+    results = [errno_of(lambda h=h: fn(h)) for h in handles]
+    assert results[0] == results[1], results
+    return results[0]
+
+
+def same_file(a, b, blocks=True):
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        assert fa.read() == fb.read(), "%s and %s differ" % (a, b)
+    if blocks:
+        assert os.stat(a).st_blocks == os.stat(b).st_blocks, \
+            "allocation differs: %s has %d blocks, %s has %d" % (
+                a, os.stat(a).st_blocks, b, os.stat(b).st_blocks)
+
+
+def run(*cmd, check=True):
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          check=check, timeout=120)
+
+
+def nbdinfo(*args):
+    """nbdinfo output without the lines that name the socket."""
+    out = run("nbdinfo", *args).stdout.decode()
+    return [l for l in out.splitlines() if "uri:" not in l]
+
+
+def dump_plugin(impl, name):
+    """--dump-plugin lines that describe the plugin's shape.  Callback
+    names are compared without the _v1 marker of API version 1."""
+    out = run(BINARIES[impl], name, "--dump-plugin").stdout.decode()
+    keep = []
+    for line in out.splitlines():
+        key = line.split("=", 1)[0]
+        if key in ("path", "version", "api_version", "struct_size"):
+            continue
+        keep.append(line.replace("has__", "has_").replace("_v1=", "="))
+    return sorted(keep)
+
+
+def startup_error(impl, *args):
+    """Run a server that must refuse ARGS; return its stderr lines."""
+    p = subprocess.run([BINARIES[impl], "-f", "-U", "/nonexistent/sock"]
+                       + list(args), stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=60)
+    assert p.returncode != 0, args
+    return p.stderr.decode().splitlines()
+
+
+# ---------------------------------------------------------------------
+# file plugin
+
+FILE_SIZE = 3 * 1024 * 1024 + 1000          # not a multiple of any block
+
+
+def file_chunks():
+    return [(PAGE, b"\x11" * 5000), (5 * PAGE + 100, b"\x22" * 200000),
+            (FILE_SIZE - 10, b"\x33" * 10)]
+
+
+FILE_OPS = [
+    lambda h: h.pwrite(b"\x55" * 4096, 65536),
+    lambda h: h.pwrite(b"\xaa" * 300000, 20 * PAGE - 50),
+    lambda h: h.zero(PAGE, 20 * PAGE),                         # punch
+    lambda h: h.zero(2 * PAGE, 21 * PAGE, nbd.CMD_FLAG_NO_HOLE),
+    lambda h: h.zero(1000, 5 * PAGE + 7),                      # partial
+    lambda h: h.zero(3000, 5 * PAGE + 40000, nbd.CMD_FLAG_NO_HOLE),
+    lambda h: h.trim(PAGE, 6 * PAGE),
+    lambda h: h.trim(100, 5 * PAGE + 3),                       # partial
+    lambda h: h.pwrite(bytes(8192), 30 * PAGE),                # zero data
+    lambda h: h.pwrite(b"\x01" * 10, 40 * PAGE + 30000, nbd.CMD_FLAG_FUA),
+    lambda h: h.zero(PAGE, 42 * PAGE, nbd.CMD_FLAG_FUA),
+    lambda h: h.trim(PAGE, 43 * PAGE, nbd.CMD_FLAG_FUA),
+    lambda h: h.zero(4 << 20, 0),            # beyond the end: ENOSPC
+    lambda h: h.flush(),
+    lambda h: h.cache(1 << 20, 0),
+]
+
+
+@pytest.mark.parametrize("extra", [[], ["cache=none"], ["fadvise=random"],
+                                   ["fadvise=sequential", "cache=none"],
+                                   ["cache=default", "fadvise=normal"]],
+                         ids=lambda e: "-".join(e) or "plain")
+def test_file_matches_nbdkit(server, fsdir, extra):
+    dirs = twin_dirs(fsdir)
+    for d in dirs:
+        make_sparse(os.path.join(d, "disk.img"), FILE_SIZE, file_chunks())
+    ours, theirs = start_pair(
+        server, "file", lambda d: [os.path.join(d, "disk.img")] + extra, dirs)
+    handles = [connect(ours), connect(theirs)]
+    assert_same_view(*handles)
+    for i, op in enumerate(FILE_OPS):
+        apply_both(handles, op)
+        assert_same_view(*handles, seed=i)
+        same_file(os.path.join(dirs[0], "disk.img"),
+                  os.path.join(dirs[1], "disk.img"))
+
+
+def test_file_magic_key_and_readonly(server, tmp_path):
+    dirs = twin_dirs(str(tmp_path))
+    for d in dirs:
+        make_sparse(os.path.join(d, "disk.img"), FILE_SIZE, file_chunks())
+    for readonly in (False, True):
+        ours, theirs = start_pair(
+            server, "file", lambda d: ["file=" + os.path.join(d, "disk.img")],
+            dirs, readonly=readonly)
+        handles = [connect(ours), connect(theirs)]
+        assert_same_view(*handles)
+        assert handles[0].is_read_only() == readonly
+        if readonly:
+            assert apply_both(handles, lambda h: h.pwrite(b"x", 0)) != 0
+
+
+def test_file_immutable_falls_back_to_readonly(server, tmp_path):
+    """A file that cannot be opened for writing is served read-only."""
+    dirs = twin_dirs(str(tmp_path))
+    paths = [os.path.join(d, "disk.img") for d in dirs]
+    for p in paths:
+        make_sparse(p, FILE_SIZE, file_chunks())
+    if run("chattr", "+i", *paths, check=False).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        ours, theirs = start_pair(server, "file", lambda d: [
+            os.path.join(d, "disk.img")], dirs)
+        handles = [connect(ours), connect(theirs)]
+        assert_same_view(*handles)
+        assert handles[0].is_read_only()
+    finally:
+        run("chattr", "-i", *paths)
+
+
+def test_file_nbdinfo_and_map(server, fsdir):
+    dirs = twin_dirs(fsdir)
+    for d in dirs:
+        make_sparse(os.path.join(d, "disk.img"), FILE_SIZE, file_chunks())
+    ours, theirs = start_pair(
+        server, "file", lambda d: [os.path.join(d, "disk.img")], dirs)
+    assert nbdinfo(ours.uri) == nbdinfo(theirs.uri)
+    assert nbdinfo("--map", ours.uri) == nbdinfo("--map", theirs.uri)
+    assert nbdinfo("--list", ours.uri) == nbdinfo("--list", theirs.uri)
+
+
+def test_file_qemu_img(server, tmp_path):
+    # A whole number of sectors: qemu's NBD driver rounds sizes up.
+    size = FILE_SIZE & ~511
+    dirs = twin_dirs(str(tmp_path))
+    for d in dirs:
+        make_sparse(os.path.join(d, "disk.img"), size, file_chunks()[:2])
+    ours, theirs = start_pair(
+        server, "file", lambda d: [os.path.join(d, "disk.img")], dirs)
+    maps = [run("qemu-img", "map", "--output=json", "-f", "raw", s.uri)
+            .stdout for s in (ours, theirs)]
+    assert maps[0] == maps[1]
+    outs = [str(tmp_path / ("out%d.img" % i)) for i in range(2)]
+    for s, out in zip((ours, theirs), outs):
+        run("qemu-img", "convert", "-f", "raw", "-O", "raw", s.uri, out)
+    same_file(outs[0], outs[1])
+    same_file(outs[0], os.path.join(dirs[0], "disk.img"), blocks=False)
+
+    # And the other way: qemu-img writes through the plugin.
+    src = str(tmp_path / "src.img")
+    make_sparse(src, size, [(7, b"qemu" * 1000), (2 << 20, b"z" * 99)])
+    for s in (ours, theirs):
+        run("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, s.uri)
+    same_file(os.path.join(dirs[0], "disk.img"),
+              os.path.join(dirs[1], "disk.img"))
+    same_file(src, os.path.join(dirs[0], "disk.img"), blocks=False)
+
+
+def make_export_dir(d):
+    make_sparse(os.path.join(d, "one.img"), 1 << 20, [(100, b"one")])
+    make_sparse(os.path.join(d, "two"), 12345, [(0, b"two" * 100)])
+    make_sparse(os.path.join(d, "..outside"), 512, [(0, b"out")])
+    os.makedirs(os.path.join(d, "subdir"))
+    os.mkfifo(os.path.join(d, "fifo"))
+    os.symlink("one.img", os.path.join(d, "link"))
+    os.symlink("/nonexistent/file", os.path.join(d, "dangling"))
+
+
+def test_file_dir_exports(server, tmp_path):
+    dirs = twin_dirs(str(tmp_path))
+    for d in dirs:
+        make_export_dir(d)
+    ours, theirs = start_pair(server, "file", lambda d: ["dir=" + d], dirs)
+    listing = nbdinfo("--list", ours.uri)
+    assert listing == nbdinfo("--list", theirs.uri)
+    names = sorted(l.split('"')[1] for l in listing if l.startswith("export="))
+    assert names == ["..outside", "link", "one.img", "two"]
+
+    for name in names:
+        a, b = connect(ours, name), connect(theirs, name)
+        assert_same_view(a, b)
+        apply_both([a, b], lambda h: h.pwrite(b"written", 3))
+    for d in dirs[1:]:
+        for name in ("one.img", "two", "..outside"):
+            same_file(os.path.join(dirs[0], name), os.path.join(d, name))
+
+    # No default export, no subdirectories, no special files, no paths.
+    for bad in ("", "subdir", "fifo", "dangling", "missing", "../ours",
+                "subdir/x"):
+        for s in (ours, theirs):
+            with pytest.raises(nbd.Error):
+                connect(s, bad.replace("/", "%2F"))
+
+
+def test_file_dump_plugin():
+    assert dump_plugin("nbdsrv", "file") == dump_plugin("nbdkit", "file")
+
+
+@pytest.mark.parametrize("args,word", [
+    (["cache=foo", "/dev/zero"], "cache=foo"),
+    (["fadvise=fast", "/dev/zero"], "fadvise=fast"),
+    (["frobnicate=1", "/dev/zero"], "frobnicate"),
+    ([], "file="),
+    (["/nonexistent/file.img"], "/nonexistent/file.img"),
+    (["/dev/null"], "/dev/null"),
+    (["dir=/dev/null"], "/dev/null"),
+])
+def test_file_bad_parameters(args, word):
+    """Both refuse; ours says why in one line naming the parameter."""
+    lines = startup_error("nbdsrv", "file", *args)
+    startup_error("nbdkit", "file", *args)
+    assert len(lines) == 1, lines
+    assert word in lines[0], lines
+
+
+def test_file_both_modes_refused(tmp_path):
+    f = str(tmp_path / "f.img")
+    make_sparse(f, 4096, [])
+    lines = startup_error("nbdsrv", "file", f, "dir=" + str(tmp_path))
+    startup_error("nbdkit", "file", f, "dir=" + str(tmp_path))
+    assert len(lines) == 1 and "dir=" in lines[0], lines
+
+
+def test_file_multi_conn_sees_writes(server, tmp_path):
+    """Two connections share the page cache: a write on one is read on
+    the other at once (what can_multi_conn promises)."""
+    f = str(tmp_path / "disk.img")
+    make_sparse(f, 1 << 20, [])
+    srv = server("file", f)
+    a, b = connect(srv), connect(srv)
+    assert a.can_multi_conn()
+    a.pwrite(b"shared" * 100, 4000)
+    assert b.pread(600, 4000) == b"shared" * 100
+    b.zero(600, 4000)
+    assert a.pread(600, 4000) == bytes(600)
+
+
+def test_file_grows_between_connections(server, tmp_path):
+    f = str(tmp_path / "disk.img")
+    make_sparse(f, 1 << 20, [])
+    srv = server("file", f)
+    assert connect(srv).get_size() == 1 << 20
+    with open(f, "r+b") as fh:
+        fh.truncate(3 << 20)
+    assert connect(srv).get_size() == 3 << 20
+
+
+def loop_attach(path):
+    """Attach PATH to a free loop device; None when not possible."""
+    try:
+        p = run("losetup", "-f", "--show", path, check=False)
+    except FileNotFoundError:
+        return None
+    dev = p.stdout.decode().strip()
+    return dev if p.returncode == 0 and dev.startswith("/dev/loop") else None
+
+
+def test_file_block_device(server, tmp_path):
+    """Block devices: size by ioctl, zero and trim through the block
+    layer.  nbdkit 1.32 fails a write zeroes that is not sector aligned
+    with EINVAL; we write the zeroes instead."""
+    images = [str(tmp_path / ("lo%d.img" % i)) for i in range(2)]
+    for img in images:
+        make_sparse(img, 4 << 20, [(0, b"\x77" * (4 << 20))])
+    devs = []
+    try:
+        for img in images:
+            dev = loop_attach(img)
+            if dev is None:
+                pytest.skip("no loop device available")
+            devs.append(dev)
+        ours = server("file", devs[0], impl="nbdsrv")
+        theirs = server("file", devs[1], impl="nbdkit")
+        handles = [connect(ours), connect(theirs)]
+        statuses = lambda size: [(size, 0, 0)]
+        assert_same_view(*handles, statuses=statuses)
+        ops = [
+            lambda h: h.zero(PAGE, PAGE),
+            lambda h: h.zero(PAGE, 3 * PAGE, nbd.CMD_FLAG_NO_HOLE),
+            lambda h: h.pwrite(b"\x12" * 5000, 7 * PAGE + 3,
+                               nbd.CMD_FLAG_FUA),
+            lambda h: h.flush(),
+        ]
+        for op in ops:
+            apply_both(handles, op)
+            assert_same_view(*handles, statuses=statuses)
+        # Trim may leave anything behind, so only its success is compared.
+        apply_both(handles, lambda h: h.trim(PAGE, 10 * PAGE))
+
+        a = handles[0]
+        a.zero(1000, 12 * PAGE + 7)
+        assert a.pread(1002, 12 * PAGE + 6) == b"\x77" + bytes(1000) + b"\x77"
+    finally:
+        for dev in devs:
+            run("losetup", "-d", dev, check=False)
