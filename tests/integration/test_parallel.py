@@ -231,3 +231,33 @@ def test_mixed_requests_in_flight(server, impl):
         assert h.pread(n * chunk, n * chunk) == bytes(n * chunk)
     finally:
         h.shutdown()
+
+
+def test_many_small_requests_in_flight(server, impl):
+    """Hundreds of small reads and writes pending at once on one handle,
+    so that replies are batched and may arrive in any order."""
+    nreq = 256
+    chunk = 4096
+    s = server("memory", "size=%d" % (nreq * chunk), impl=impl)
+    h = nbd.NBD()
+    h.connect_uri(s.uri)
+    try:
+        datas = [bytes([i % 251 + 1]) * chunk for i in range(nreq)]
+        wbufs = [nbd.Buffer.from_bytearray(bytearray(d)) for d in datas]
+        # Odd chunks first, then even ones, interleaved with reads of
+        # chunks whose write has already completed.
+        order = list(range(1, nreq, 2)) + list(range(0, nreq, 2))
+        wait_all(h, [h.aio_pwrite(wbufs[i], i * chunk) for i in order])
+        rbufs = [nbd.Buffer(chunk) for _ in range(nreq)]
+        cookies = []
+        for i in order:
+            cookies.append(h.aio_pread(rbufs[i], i * chunk))
+            if i % 16 == 0:
+                cookies.append(h.aio_flush())
+        assert h.aio_in_flight() == len(cookies)
+        wait_all(h, cookies)
+        bad = [i for i in range(nreq)
+               if bytes(rbufs[i].to_bytearray()) != datas[i]]
+        assert not bad, "chunks read back wrong: %s" % bad
+    finally:
+        h.shutdown()
