@@ -8,7 +8,7 @@ set -eu
 
 build_pkgs="gcc make meson ninja-build pkg-config"
 test_pkgs="nbdkit nbdkit-plugin-dev libnbd-bin python3-libnbd python3-pytest
-  qemu-utils fio nbd-server"
+  qemu-utils fio nbd-server clang-14 libclang-rt-14-dev"
 
 want=$build_pkgs
 [ "${1:-build}" = test ] && want="$build_pkgs $test_pkgs"

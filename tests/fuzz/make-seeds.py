@@ -1,0 +1,176 @@
+#!/usr/bin/python3
+"""Write the seed corpora of the fuzz targets into tests/fuzz/corpus/.
+
+    tests/fuzz/make-seeds.py
+
+Seeds are small valid inputs, so the fuzzer starts from a complete
+handshake and working requests rather than having to discover the magic
+numbers.  The output is deterministic; rerunning rewrites the same
+files.  Regression inputs (reproducers of fixed bugs) live in the same
+directories under names starting with "regress-" and are not touched.
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(HERE, "corpus")
+
+IHAVEOPT = 0x49484156454F5054
+REQ_MAGIC = 0x25609513
+
+OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST = 1, 2, 3
+OPT_STARTTLS, OPT_INFO, OPT_GO = 5, 6, 7
+OPT_STRUCTURED_REPLY = 8
+OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT = 9, 10
+INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 1, 2, 3
+
+CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH = 0, 1, 2, 3
+CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = 4, 5, 6, 7
+FLAG_FUA, FLAG_NO_HOLE, FLAG_DF, FLAG_REQ_ONE, FLAG_FAST_ZERO = (
+    1, 2, 4, 8, 16)
+
+
+def opt(option, data=b""):
+    return struct.pack(">QII", IHAVEOPT, option, len(data)) + data
+
+
+def go_data(name=b"", infos=()):
+    return (struct.pack(">I", len(name)) + name
+            + struct.pack(">H", len(infos))
+            + b"".join(struct.pack(">H", i) for i in infos))
+
+
+def meta_data(name=b"", queries=(b"base:allocation",)):
+    return (struct.pack(">I", len(name)) + name
+            + struct.pack(">I", len(queries))
+            + b"".join(struct.pack(">I", len(q)) + q for q in queries))
+
+
+def req(cmd, offset=0, count=0, flags=0, cookie=1, payload=b""):
+    return struct.pack(">IHHQQI", REQ_MAGIC, flags, cmd, cookie, offset,
+                       count) + payload
+
+
+def requests(structured):
+    out = [
+        req(CMD_WRITE, 0, 512, cookie=1, payload=bytes(range(256)) * 2),
+        req(CMD_READ, 0, 512, cookie=2),
+        req(CMD_WRITE, 4096, 512, FLAG_FUA, cookie=3, payload=b"\xa5" * 512),
+        req(CMD_FLUSH, cookie=4),
+        req(CMD_TRIM, 0, 4096, cookie=5),
+        req(CMD_WRITE_ZEROES, 8192, 8192, cookie=6),
+        req(CMD_WRITE_ZEROES, 8192, 4096, FLAG_NO_HOLE | FLAG_FAST_ZERO,
+            cookie=7),
+        req(CMD_CACHE, 0, 65536, cookie=8),
+        req(CMD_READ, 1048576, 512, cookie=9),       # past the end
+        req(CMD_WRITE, 0, 0, cookie=10),             # zero length
+    ]
+    if structured:
+        out += [
+            req(CMD_BLOCK_STATUS, 0, 65536, cookie=11),
+            req(CMD_BLOCK_STATUS, 512, 65536, FLAG_REQ_ONE, cookie=12),
+            req(CMD_READ, 0, 4096, FLAG_DF, cookie=13),
+        ]
+    return b"".join(out) + req(CMD_DISC, cookie=99)
+
+
+def handshake_seeds():
+    full = (b"\x00\x00\x00\x03"
+            + opt(OPT_STRUCTURED_REPLY)
+            + opt(OPT_SET_META_CONTEXT, meta_data())
+            + opt(OPT_GO, go_data(b"", (INFO_NAME, INFO_DESCRIPTION,
+                                        INFO_BLOCK_SIZE))))
+    simple = (b"\x00\x00\x00\x01"
+              + opt(OPT_EXPORT_NAME, b""))
+    haggle = (b"\x00\x00\x00\x03"
+              + opt(OPT_LIST)
+              + opt(OPT_INFO, go_data(b"a", (INFO_BLOCK_SIZE,)))
+              + opt(OPT_INFO, go_data(b"fail"))
+              + opt(OPT_LIST_META_CONTEXT, meta_data(b"", (b"base:",)))
+              + opt(OPT_LIST_META_CONTEXT, meta_data(b"", ()))
+              + opt(OPT_STARTTLS)
+              + opt(OPT_STRUCTURED_REPLY)
+              + opt(OPT_STRUCTURED_REPLY)
+              + opt(1000, b"junk")
+              + opt(OPT_SET_META_CONTEXT, meta_data(b"other"))
+              + opt(OPT_GO, go_data(b"a", (INFO_NAME,))))
+    seeds = {
+        # conf0 0, conf1 0x0f: FUA native, flush/trim/zero, extents.
+        "full-structured": b"\x00\x0f" + full + requests(True),
+        "full-features": b"\x28\xff" + full + requests(True),
+        "v1-plugin": b"\x40\x04" + full + requests(True),
+        "big-export": b"\xa0\x3e" + full + requests(True)
+        + req(CMD_READ, 1 << 40, 4096, cookie=20),
+        "readonly": b"\x01\x0f" + full + requests(True),
+        "simple-replies": b"\x00\x06" + simple + requests(False),
+        "no-zeroes-oldstyle": b"\x10\x00" + b"\x00\x00\x00\x00"
+        + opt(OPT_EXPORT_NAME, b"") + requests(False),
+        "haggle": b"\x00\x9f" + haggle + requests(True),
+        "abort": b"\x00\x00\x00\x00\x00\x03" + opt(OPT_ABORT),
+        "errors": b"\x00\x4f" + full + requests(True),
+    }
+    return seeds
+
+
+def validate_seeds():
+    def one(size, eflags, sflags, cmd, offset, count, flags, err,
+            start, end, bcount, bflags, extents):
+        state = struct.pack(">QHB", size, eflags, sflags)
+        wire = struct.pack(">IHHQQI", REQ_MAGIC, flags, cmd, 7, offset,
+                           count)
+        bs = struct.pack(">iQQQB", err, start << 2, end << 2, bcount,
+                         bflags)
+        ext = b"".join(struct.pack(">QB", ln, t) for ln, t in extents)
+        return state + wire + bs + ext
+    all_flags = 0x1 | 0x2 | 0x4 | 0x8 | 0x20 | 0x40 | 0x100 | 0x800
+    return {
+        "read-ok": one(1 << 20, all_flags, 3, CMD_READ, 0, 4096, 0, 5,
+                       0, 1 << 20, 65536, 0x20,
+                       [(4096, 0), (4096, 3), (1 << 20, 1)]),
+        "write-fua": one(1 << 20, all_flags, 3, CMD_WRITE, 512, 512,
+                         FLAG_FUA, 28, 512, 1 << 20, 1 << 19, 1,
+                         [(100, 0), (1 << 33, 2)]),
+        "block-status": one(1 << 40, all_flags, 3 | (9 << 2),
+                            CMD_BLOCK_STATUS, 0, 1 << 30, FLAG_REQ_ONE,
+                            95, 0, 1 << 40, 1 << 39, 0xfe,
+                            [(1 << 33, 0), (1 << 33, 3)]),
+        "zero-fast": one(1 << 20, all_flags, 1, CMD_WRITE_ZEROES, 0,
+                         8192, FLAG_FAST_ZERO | FLAG_NO_HOLE, 95,
+                         0, 0, 0, 0, []),
+        "flush-bad": one(1 << 20, all_flags, 0, CMD_FLUSH, 1, 0, 0, 75,
+                         5, 4, 0, 0, []),
+    }
+
+
+def parse_seeds():
+    strings = [
+        (0, b"1G"), (0, b"1023"), (0, b"9223372036854775807"),
+        (0, b"8E"), (1, b"yes"), (1, b"Off"), (2, b"-0x10"),
+        (2, b" 077"), (3, b"18446744073709551615"), (4, b"2147483648"),
+        (5, b"-128"), (6, b"32767"), (7, b"-2147483649"), (8, b"0xffffffff"),
+        (9, b"256"), (10, b"65535"), (11, b"4294967295"),
+        (12, b"0.1"), (12, b"10%"), (12, b"1:10"), (12, b"1/0"),
+        (12, b"1e-3"), (13, b"1.5"), (13, b"10ms"), (13, b"3us"),
+        (13, "7\u00b5s".encode()), (13, b"0.000000001"),
+        (13, b"4294967295.999999999"), (13, b"12ns"),
+    ]
+    return {"s%02d" % i: bytes([fn]) + s for i, (fn, s) in
+            enumerate(strings)}
+
+
+def write(target, seeds):
+    d = os.path.join(CORPUS, target)
+    os.makedirs(d, exist_ok=True)
+    for name, data in sorted(seeds.items()):
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+
+
+def main():
+    write("fuzz-handshake", handshake_seeds())
+    write("fuzz-validate", validate_seeds())
+    write("fuzz-parse", parse_seeds())
+
+
+if __name__ == "__main__":
+    main()
