@@ -294,10 +294,19 @@ dump_config_and_exit (void)
   exit (EXIT_SUCCESS);
 }
 
+/* Plugins may keep the key pointer they were given past .config
+ * (nbdkit's eval plugin does, and compares against it later), so each
+ * key lives until exit, like the argv strings values point into.
+ */
+static char **config_keys;      /* owned: one per parameter, or NULL */
+
 /* [KEY=]VALUE parameters; a bare VALUE first means the magic key. */
 static void
 configure_plugin (int argc, char **argv)
 {
+  config_keys = calloc (argc + 1, sizeof *config_keys);
+  if (config_keys == NULL)
+    die ("out of memory");
   for (int i = 0; i < argc; i++) {
     const char *eq = strchr (argv[i], '=');
     char *key;
@@ -311,9 +320,9 @@ configure_plugin (int argc, char **argv)
       continue;
     }
     key = strndup (argv[i], eq - argv[i]);
+    config_keys[i] = key;
     if (key == NULL || plugin_config (key, eq + 1) == -1)
       exit (EXIT_FAILURE);
-    free (key);
   }
   if (plugin_config_complete () == -1)
     exit (EXIT_FAILURE);

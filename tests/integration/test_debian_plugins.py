@@ -154,10 +154,6 @@ CASES = {
 # Server bugs found by these tests, reported and not fixed here.  Each
 # turns the affected test into a strict xfail under nbdsrv, so that a
 # fix shows up as an unexpected pass until its entry is removed.
-BUG_CONFIG_KEY_FREED = (
-    "nbdsrv frees the key string after .config (server/main.c), but "
-    "nbdkit-plugin(3) says key and value stay valid for the plugin's "
-    "lifetime; eval keeps the key and fails")
 BUG_THREAD_MODEL_EARLY = (
     "nbdsrv calls .thread_model before .config/.config_complete, so sh "
     "and eval run PARALLEL where nbdkit settles on SERIALIZE_ALL_REQUESTS")
@@ -172,9 +168,9 @@ BUG_MAGIC_KEY_ONCE = (
     "nbdsrv passes only the first bare parameter to .magic_config_key "
     "(server/main.c); nbdkit passes every bare parameter")
 
-KNOWN_DATA_BUGS = {"eval": BUG_CONFIG_KEY_FREED}
+KNOWN_DATA_BUGS = {}
 KNOWN_DUMP_BUGS = {
-    "eval": BUG_CONFIG_KEY_FREED,
+    "eval": BUG_THREAD_MODEL_EARLY,
     "sh": BUG_THREAD_MODEL_EARLY,
     "split": BUG_V1_DUMP_NAMES,
     "partitioning": BUG_V1_DUMP_NAMES,
