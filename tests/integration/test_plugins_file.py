@@ -678,3 +678,257 @@ def test_split_bad_parameters(args, word):
     assert len(lines) == 1 and word in lines[0], lines
     if args:            # nbdkit serves an empty disk without files
         startup_error("nbdkit", "split", *args)
+
+
+# ---------------------------------------------------------------------
+# partitioning plugin
+
+def make_parts(d, sizes):
+    """Files p1, p2, ... of SIZES, each with recognisable data."""
+    names = []
+    for i, size in enumerate(sizes, 1):
+        name = "p%d" % i
+        make_sparse(os.path.join(d, name), size,
+                    [(0, (b"P%d" % i) * 10), (size - 1, b"E")])
+        names.append(name)
+    return names
+
+
+def part_args(names, extra_before=(), extra_after=()):
+    return list(extra_before) + ["file=" + n for n in names] + \
+        list(extra_after)
+
+
+def read_disk(h):
+    size = h.get_size()
+    out = bytearray()
+    for off in range(0, size, 1 << 22):
+        out += h.pread(min(1 << 22, size - off), off)
+    return bytes(out)
+
+
+def gpt_fields(disk):
+    """Byte ranges of a GPT disk that hold random GUIDs or the CRCs that
+    depend on them, with the entry array and header positions."""
+    import struct
+    hdr = disk[512:1024]
+    assert hdr[:8] == b"EFI PART"
+    hsize, = struct.unpack_from("<I", hdr, 12)
+    alt, = struct.unpack_from("<Q", hdr, 32)
+    nr, esize = struct.unpack_from("<II", hdr, 80)
+    masks = []
+    for hoff in (512, alt * 512):
+        masks.append((hoff + 16, 4))                    # header CRC
+        masks.append((hoff + 88, 4))                    # array CRC
+        h = disk[hoff:hoff + 512]
+        arr, = struct.unpack_from("<Q", h, 72)
+        for i in range(nr):
+            masks.append((arr * 512 + i * esize + 16, 16))   # unique GUID
+    return masks
+
+
+def check_gpt_crcs(disk):
+    import struct
+    import zlib
+    for hoff in (512, struct.unpack_from("<Q", disk, 512 + 32)[0] * 512):
+        h = bytearray(disk[hoff:hoff + 512])
+        hsize, crc = struct.unpack_from("<II", h, 12)
+        arr, = struct.unpack_from("<Q", h, 72)
+        nr, esize, acrc = struct.unpack_from("<III", h, 80)
+        h[16:20] = bytes(4)
+        assert zlib.crc32(bytes(h[:hsize])) == crc
+        assert zlib.crc32(disk[arr * 512:arr * 512 + nr * esize]) == acrc
+
+
+def masked(disk, masks):
+    b = bytearray(disk)
+    for off, n in masks:
+        b[off:off + n] = bytes(n)
+    return bytes(b)
+
+
+def sfdisk_dump(path):
+    out = run("sfdisk", "--dump", path).stdout.decode()
+    lines = []
+    for l in out.splitlines():
+        if l.startswith("device:"):
+            continue
+        l = l.replace(path, "DISK")
+        l = ", ".join(f for f in l.split(", ") if not f.startswith("uuid="))
+        lines.append(l)
+    return lines
+
+
+PART_CASES = [
+    ("mbr3", [1 << 20, 100000, 3 << 20], [], []),
+    ("gpt3", [1 << 20, 100000, 3 << 20], [], ["partition-type=gpt"]),
+    ("mbr6-logical", [3000 * i for i in range(1, 7)], [],
+     ["partition-type=mbr"]),
+    ("mbr6-align512", [3000 * i for i in range(1, 7)], ["alignment=512"],
+     ["partition-type=mbr"]),
+    ("mbr4", [512, 513, 1000, 70000], ["alignment=4096"], []),
+    ("auto-gpt5", [5000] * 5, [], []),
+    ("gpt-align4k", [3000, 6000], ["alignment=4096"],
+     ["partition-type=gpt"]),
+    ("ids", [3000, 6000, 9000], ["mbr-id=0x7"], []),
+    ("guids", [3000, 6000], ["type-guid=C12A7328-F81F-11D2-BA4B-"
+                             "00A0C93EC93B"], ["partition-type=gpt"]),
+    ("gpt130", [512] * 130, ["alignment=512"], []),
+]
+
+
+@pytest.mark.parametrize("sizes,before,after", [c[1:] for c in PART_CASES],
+                         ids=[c[0] for c in PART_CASES])
+def test_partitioning_layout_matches_nbdkit(server, tmp_path, monkeypatch,
+                                            sizes, before, after):
+    """Same files, same command line: the same disk, byte for byte,
+    apart from GPT's random partition GUIDs and the CRCs over them."""
+    monkeypatch.chdir(tmp_path)       # relative names become GPT names
+    names = make_parts(str(tmp_path), sizes)
+    args = part_args(names, before, after)
+    ours = server("partitioning", *args, impl="nbdsrv")
+    theirs = server("partitioning", *args, impl="nbdkit")
+    a, b = connect(ours), connect(theirs)
+    assert export_flags(a) == export_flags(b)
+    assert nbdinfo(ours.uri) == nbdinfo(theirs.uri)
+    disks = [read_disk(a), read_disk(b)]
+    for i, disk in enumerate(disks):
+        with open(str(tmp_path / ("disk%d" % i)), "wb") as f:
+            f.write(disk)
+    dumps = [sfdisk_dump(str(tmp_path / ("disk%d" % i))) for i in range(2)]
+    assert dumps[0] == dumps[1]
+    if disks[0][512:520] == b"EFI PART":
+        check_gpt_crcs(disks[0])
+        masks = gpt_fields(disks[1])
+        assert masks == gpt_fields(disks[0])
+        assert masked(disks[0], masks) == masked(disks[1], masks)
+        assert disks[0][1024 + 16:1024 + 32] != disks[1][1024 + 16:1024 + 32]
+    else:
+        assert disks[0] == disks[1]
+
+    # Each partition holds its file, byte for byte.
+    out = run("sfdisk", "--json", str(tmp_path / "disk0")).stdout
+    import json
+    parts = [p for p in json.loads(out)["partitiontable"]["partitions"]
+             if p["type"] not in ("f", "5")]
+    assert len(parts) == len(names)
+    for p, name in zip(parts, names):
+        data = open(name, "rb").read()
+        start = p["start"] * 512
+        assert disks[0][start:start + len(data)] == data
+        assert p["size"] == (len(data) + 511) // 512
+
+
+def test_partitioning_writes_match_nbdkit(server, tmp_path):
+    dirs = twin_dirs(str(tmp_path))
+    sizes = [1 << 20, 100000, 3 << 20]
+    for d in dirs:
+        make_parts(d, sizes)
+    ours, theirs = start_pair(server, "partitioning", lambda d: part_args(
+        [os.path.join(d, n) for n in ("p1", "p2", "p3")]), dirs)
+    handles = [connect(ours), connect(theirs)]
+    mbr = handles[0].pread(512, 0)
+    p2 = 4096 * 512
+    ops = [
+        lambda h: h.pwrite(b"W" * 1000, 2048 * 512 + 5),   # in p1
+        lambda h: h.pwrite(b"X" * 10, p2 + 100000 - 5),    # p2 | padding
+        lambda h: h.pwrite(bytes(100), p2 + 100000 + 10),  # zeroes: fine
+        lambda h: h.pwrite(b"Y" * 10, 2048 * 512 - 5),     # padding | p1
+        lambda h: h.pwrite(mbr, 0),                        # unchanged
+        lambda h: h.pwrite(b"\x01", 446),                  # changed
+        lambda h: h.zero(512, 0),                          # table
+        lambda h: h.zero(4096, 2048 * 512 + 4096),         # in p1
+        lambda h: h.pwrite(b"F" * 10, 6144 * 512, nbd.CMD_FLAG_FUA),
+        lambda h: h.flush(),
+        lambda h: h.cache(1 << 20, 0),
+        lambda h: h.trim(4096, 0),
+    ]
+    for i, op in enumerate(ops):
+        apply_both(handles, op)
+        assert_same_view(*handles, seed=i)
+    for n in ("p1", "p2", "p3"):
+        same_file(os.path.join(dirs[0], n), os.path.join(dirs[1], n),
+                  blocks=False)
+
+
+def test_partitioning_gpt_table_is_read_only(server, tmp_path):
+    names = make_parts(str(tmp_path), [5000, 6000])
+    srv = server("partitioning", "partition-type=gpt",
+                 *["file=" + str(tmp_path / n) for n in names])
+    h = connect(srv)
+    disk = read_disk(h)
+    check_gpt_crcs(disk)
+    h.pwrite(disk[:34 * 512], 0)                   # same bytes: accepted
+    h.pwrite(disk[-33 * 512:], len(disk) - 33 * 512)
+    for off in (512 + 100, 1024 + 16, len(disk) - 512 + 16):
+        with pytest.raises(nbd.Error) as e:
+            h.pwrite(b"\xff", off)
+        assert e.value.errnum == 5
+    assert read_disk(h) == disk
+    h.pwrite(b"new data", 2048 * 512)
+    assert open(str(tmp_path / "p1"), "rb").read(8) == b"new data"
+
+
+def test_partitioning_too_big_for_mbr(server, tmp_path, monkeypatch):
+    """Over about 2 TB of files the default becomes GPT, and an explicit
+    MBR is refused by both."""
+    if fs_type(str(tmp_path)) == "tmpfs":
+        pytest.skip("needs a file system with sparse 2 TiB files")
+    monkeypatch.chdir(tmp_path)
+    for name, size in (("big", 1 << 41), ("fits", (1 << 41) - (6 << 20))):
+        make_sparse(name, size, [(0, b"x")])
+    ours = server("partitioning", "file=big", impl="nbdsrv")
+    theirs = server("partitioning", "file=big", impl="nbdkit")
+    assert nbdinfo(ours.uri) == nbdinfo(theirs.uri)
+    assert connect(ours).pread(1, 512 + 1) == b"F"          # "EFI PART"
+    ours = server("partitioning", "file=fits", impl="nbdsrv")
+    theirs = server("partitioning", "file=fits", impl="nbdkit")
+    assert nbdinfo(ours.uri) == nbdinfo(theirs.uri)
+    assert connect(ours).pread(2, 510) == b"\x55\xaa"
+    for impl in ("nbdsrv", "nbdkit"):
+        startup_error(impl, "partitioning", "file=big", "partition-type=mbr")
+
+
+def test_partitioning_dump_plugin():
+    def shape(impl):
+        return [l for l in dump_plugin(impl, "partitioning")
+                if l != "has_longname=1"]
+    assert shape("nbdsrv") == shape("nbdkit")
+
+
+@pytest.mark.parametrize("args,word", [
+    (["alignment=1000"], "alignment=1000"),
+    (["alignment=0"], "alignment=0"),
+    (["alignment=2M"], "alignment=2M"),
+    (["mbr-id=0x100"], "mbr-id"),
+    (["mbr-id=foo"], "mbr-id"),
+    (["type-guid=xyz"], "type-guid=xyz"),
+    (["partition-type=foo"], "partition-type=foo"),
+    (["size=1M"], "size"),
+])
+def test_partitioning_bad_parameters(tmp_path, args, word):
+    f = str(tmp_path / "p")
+    make_sparse(f, 4096, [])
+    lines = startup_error("nbdsrv", "partitioning", *(args + ["file=" + f]))
+    startup_error("nbdkit", "partitioning", *(args + ["file=" + f]))
+    assert len(lines) == 1 and word in lines[0], lines
+
+
+def test_partitioning_bad_files(tmp_path):
+    empty = str(tmp_path / "empty")
+    make_sparse(empty, 0, [])
+    for args, word in ((["file=" + empty], "empty"),
+                       (["file=/nonexistent/p"], "/nonexistent/p"),
+                       ([], "file=")):
+        lines = startup_error("nbdsrv", "partitioning", *args)
+        startup_error("nbdkit", "partitioning", *args)
+        assert len(lines) == 1 and word in lines[0], lines
+
+
+def test_partitioning_alignment_not_power_of_two(tmp_path):
+    """nbdkit 1.32 aborts on an assertion; we refuse with a message."""
+    f = str(tmp_path / "p")
+    make_sparse(f, 4096, [])
+    lines = startup_error("nbdsrv", "partitioning", "alignment=1536",
+                          "file=" + f)
+    assert len(lines) == 1 and "power of 2" in lines[0], lines
