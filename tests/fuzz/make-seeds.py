@@ -158,6 +158,39 @@ def parse_seeds():
             enumerate(strings)}
 
 
+def data_format_seeds():
+    # Byte 0: 0 parses data=, 1 decodes base64.
+    texts = [
+        b"1 2 3", b"@32 0x55 0xaa", b'"hello\\x00world\\n"', b"0*4096",
+        b"(1 2)*3 @^512", b"@+16 1 @-4 2", b"\\a 1 2 \\a \\a",
+        b"$A $B", b'"abcdef"[1:4]', b"le16:0x1234 be32:0x12345678",
+        b"le64:-1 be16:65535", b"(0x01 @+7)*64[8:24]", b"$LOOP",
+    ]
+    seeds = {"d%02d" % i: b"\x00" + t for i, t in enumerate(texts)}
+    seeds["b64-ok"] = b"\x01aGVsbG8gd29ybGQ="
+    seeds["b64-bad"] = b"\x01aGVsbG8=x"
+    return seeds
+
+
+def partition_seeds():
+    def part(size, align_exp, mbr_id, name=b""):
+        return (struct.pack(">QBB", size - 1, align_exp, mbr_id)
+                + bytes(range(32)) + name + b"\x00")
+    mib = 1024 * 1024
+    return {
+        "mbr-1": bytes([0 << 1 | 0]) + part(mib, 20, 0x83),
+        "mbr-4": bytes([3 << 1 | 0]) + b"".join(
+            part(mib * (i + 1), 9 + i, 0x83) for i in range(4)),
+        "mbr-6-ebr": bytes([5 << 1 | 0]) + b"".join(
+            part(512 * (i + 7), 9, 0x0c) for i in range(6)),
+        "gpt-2": bytes([1 << 1 | 1]) + part(mib, 20, 0, b"root")
+        + part(3 * mib + 512, 12, 0, "\u00e9t\u00e9".encode())
+        + b"0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+        "gpt-bad-align": bytes([0 << 1 | 1]) + part(mib, 21, 0),
+        "mbr-too-big": bytes([0]) + part(1 << 41, 20, 0x83),
+    }
+
+
 def write(target, seeds):
     d = os.path.join(CORPUS, target)
     os.makedirs(d, exist_ok=True)
@@ -170,6 +203,8 @@ def main():
     write("fuzz-handshake", handshake_seeds())
     write("fuzz-validate", validate_seeds())
     write("fuzz-parse", parse_seeds())
+    write("fuzz-data-format", data_format_seeds())
+    write("fuzz-partition", partition_seeds())
 
 
 if __name__ == "__main__":
