@@ -271,7 +271,7 @@ def dump_plugin(impl, name):
     return dict(l.split("=", 1) for l in r.stdout.splitlines() if "=" in l)
 
 
-@pytest.mark.parametrize("name", ["data"])
+@pytest.mark.parametrize("name", ["data", "random", "sparse-random"])
 def test_dump_plugin(name):
     ours, theirs = dump_plugin("nbdsrv", name), dump_plugin("nbdkit", name)
     assert ours["name"] == name
@@ -280,3 +280,217 @@ def test_dump_plugin(name):
         assert ours.get(key) == theirs.get(key), key
     if name == "data":
         assert ours["data_base64"] == "yes"
+
+
+# ---- random ----
+
+def errno_of(fn):
+    try:
+        fn()
+    except nbd.Error as e:
+        return e.errnum
+    return 0
+
+
+def start_pair(server, name, *args):
+    return server(name, *args), server(name, *args, impl="nbdkit")
+
+
+@pytest.mark.parametrize("name", ["random", "sparse-random"])
+def test_random_flags_match_nbdkit(server, name):
+    ours, theirs = start_pair(server, name, "size=1M", "seed=1")
+    assert export_flags(connect(ours)) == export_flags(connect(theirs))
+
+
+@pytest.mark.parametrize("name", ["random", "sparse-random"])
+def test_random_no_size_is_empty_like_nbdkit(server, name):
+    """The man pages call size= required, but nbdkit 1.32 serves an
+    empty disk without it; so do we."""
+    ours, theirs = start_pair(server, name)
+    assert connect(ours).get_size() == connect(theirs).get_size() == 0
+
+
+@pytest.mark.parametrize("name,args", [
+    ("random", ["seed=-1"]), ("random", ["seed=x"]),
+    ("random", ["seed=4294967296"]), ("random", ["1M", "colour=red"]),
+    ("sparse-random", ["1M", "seed=-1"]),
+    ("sparse-random", ["1M", "percent=101"]),
+    ("sparse-random", ["1M", "percent=-1"]),
+    ("sparse-random", ["1M", "percent=abc"]),
+    ("sparse-random", ["1M", "runlength=0"]),
+    ("sparse-random", ["1M", "runlength=1M"]),   # no suffixes in 1.32
+    ("sparse-random", ["1M", "random-content=maybe"]),
+])
+def test_random_bad_parameters_refused_like_nbdkit(server, name, args):
+    for impl in ["nbdsrv", "nbdkit"]:
+        with pytest.raises(RuntimeError) as e:
+            server(name, *args, impl=impl)
+        if impl == "nbdsrv":
+            errors = [l for l in str(e.value).splitlines() if "error" in l]
+            assert len(errors) == 1, str(e.value)
+            key = args[-1].split("=")[0]
+            assert key in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("name", ["random", "sparse-random"])
+def test_random_same_seed_same_disk(server, name):
+    extra = ["percent=50", "runlength=1048576"] \
+        if name == "sparse-random" else []
+    a = server(name, "size=64M", "seed=42", *extra)
+    b = server(name, "size=64M", "seed=42", *extra)
+    c = server(name, "size=64M", "seed=43", *extra)
+    ha, hb, hc = connect(a), connect(b), connect(c)
+    if name == "sparse-random":
+        assert block_status(ha, 64 << 20, 0) == block_status(hb, 64 << 20, 0)
+    for off in [0, 12345, 33 << 20, (64 << 20) - 4096]:
+        assert ha.pread(4096, off) == hb.pread(4096, off)
+    assert [bytes(ha.pread(1 << 20, i << 20)) for i in range(64)] != \
+        [bytes(hc.pread(1 << 20, i << 20)) for i in range(64)]
+
+
+def test_random_bytes_look_random(server):
+    h = connect(server("random", "size=4M", "seed=7"))
+    data = bytes(h.pread(4 << 20, 0))
+    counts = [0] * 256
+    for b in data:
+        counts[b] += 1
+    expect = len(data) / 256
+    # Deterministic for this seed; any decent generator is far inside.
+    assert min(counts) > expect * 0.9 and max(counts) < expect * 1.1
+    # Unaligned reads agree with aligned ones.
+    assert bytes(h.pread(100, 4093)) == data[4093:4193]
+    assert block_status(h, 4 << 20, 0) == [4 << 20, 0]
+
+
+def test_random_writes_checked_like_nbdkit(server):
+    ours, theirs = start_pair(server, "random", "size=1M", "seed=1")
+    for srv in [ours, theirs]:
+        h = connect(srv)
+        same = bytes(h.pread(10000, 5))
+        assert errno_of(lambda: h.pwrite(same, 5)) == 0
+        other = bytes([same[0] ^ 1]) + same[1:]
+        assert errno_of(lambda: h.pwrite(other, 5)) == 5        # EIO
+        assert errno_of(lambda: h.zero(512, 0)) == 5
+        assert errno_of(lambda: h.trim(512, 0)) == 5
+        assert errno_of(lambda: h.cache(4096, 0)) == 0
+        assert bytes(h.pread(10000, 5)) == same
+
+
+@pytest.mark.parametrize("name", ["random", "sparse-random"])
+def test_random_copy_to_itself(server, name):
+    """The use the man pages give: nbdcopy from the disk to itself."""
+    srv = server(name, "size=256M", "seed=5", *(
+        ["percent=30", "runlength=4194304"] if name == "sparse-random"
+        else []))
+    r = subprocess.run(["nbdcopy", srv.uri, srv.uri], capture_output=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O",
+                        "raw", srv.uri, srv.uri], capture_output=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+
+
+# ---- sparse-random ----
+
+def extents_map(h, size):
+    """[(offset, length, type)] of the whole disk."""
+    out, off = [], 0
+    while off < size:
+        ents = block_status(h, min(size - off, 1 << 30), off)
+        for length, flags in zip(ents[::2], ents[1::2]):
+            length = min(length, size - off)
+            if out and out[-1][2] == flags:
+                out[-1] = (out[-1][0], out[-1][1] + length, flags)
+            else:
+                out.append((off, length, flags))
+            off += length
+            if off >= size:
+                break
+    return out
+
+
+def data_share(emap, size):
+    return sum(l for o, l, t in emap if t == 0) / size
+
+
+@pytest.mark.parametrize("percent", [0, 10, 50, 100])
+def test_sparse_random_percent_like_nbdkit(server, percent):
+    """With many runs the share of data is close to percent= for both
+    plugins (64 GiB, 1 MiB runs: thousands of runs)."""
+    size = 64 << 30
+    args = ["size=%d" % size, "seed=11", "percent=%d" % percent,
+            "runlength=1048576"]
+    shares = []
+    for srv in start_pair(server, "sparse-random", *args):
+        h = connect(srv)
+        emap = extents_map(h, size)
+        shares.append(data_share(emap, size))
+        # Shape: 4 KiB aligned, alternating, holes read as zero.
+        for (o, l, t), nxt in zip(emap, emap[1:] + [None]):
+            assert o % 4096 == 0 and (l % 4096 == 0 or o + l == size)
+            assert t in (0, nbd.STATE_HOLE | nbd.STATE_ZERO)
+            if nxt:
+                assert nxt[2] != t
+        holes = [e for e in emap if e[2] != 0][:3]
+        for o, l, t in holes:
+            assert bytes(h.pread(min(l, 65536), o)) == bytes(min(l, 65536))
+    for share in shares:
+        assert abs(share - percent / 100) < 0.03, shares
+
+
+def test_sparse_random_run_lengths(server):
+    """Data runs average about runlength=, like nbdkit's."""
+    size = 64 << 30
+    means = []
+    for srv in start_pair(server, "sparse-random", "size=%d" % size,
+                          "seed=3", "runlength=8388608"):
+        emap = extents_map(connect(srv), size)
+        runs = [l for o, l, t in emap if t == 0]
+        means.append(sum(runs) / len(runs))
+    for m in means:
+        assert 0.7 * 8388608 < m < 1.3 * 8388608, means
+
+
+@pytest.mark.parametrize("random_content", [False, True])
+def test_sparse_random_block_content(server, random_content):
+    """Each 4 KiB data block is one non-zero byte repeated, or random
+    bytes with random-content=true."""
+    args = ["size=1G", "seed=9", "percent=50", "runlength=65536"]
+    if random_content:
+        args.append("random-content=true")
+    srv = server("sparse-random", *args)
+    h = connect(srv)
+    emap = extents_map(h, 1 << 30)
+    data = [e for e in emap if e[2] == 0][:5]
+    assert data
+    for o, l, t in data:
+        for blk in range(o, o + min(l, 8 * 4096), 4096):
+            b = bytes(h.pread(4096, blk))
+            if random_content:
+                assert len(set(b)) > 200
+            else:
+                assert len(set(b)) == 1 and b[0] != 0
+
+
+def test_sparse_random_writes_like_nbdkit(server):
+    """Writes must match what is there; zero and trim only on holes."""
+    args = ["size=1G", "seed=1", "percent=50", "runlength=1048576"]
+    for srv in start_pair(server, "sparse-random", *args):
+        h = connect(srv)
+        emap = extents_map(h, 1 << 30)
+        d_off = next(o for o, l, t in emap if t == 0)
+        h_off = next(o for o, l, t in emap if t != 0)
+        d = bytes(h.pread(8192, d_off))
+        assert errno_of(lambda: h.pwrite(d, d_off)) == 0
+        assert errno_of(lambda: h.pwrite(d, d_off, nbd.CMD_FLAG_FUA)) == 0
+        assert errno_of(lambda: h.pwrite(bytes(4096), h_off)) == 0
+        assert errno_of(lambda: h.pwrite(b"x" * 10, h_off)) == 5
+        assert errno_of(lambda: h.pwrite(b"x" * 10, d_off)) == 5
+        assert errno_of(lambda: h.zero(4096, h_off)) == 0
+        assert errno_of(lambda: h.trim(4096, h_off)) == 0
+        assert errno_of(lambda: h.zero(4096, d_off)) == 5
+        assert errno_of(lambda: h.trim(4096, d_off)) == 5
+        assert errno_of(lambda: h.flush()) == 0
+        assert errno_of(lambda: h.cache(4096, d_off)) == 0
+        assert bytes(h.pread(8192, d_off)) == d
