@@ -65,8 +65,8 @@ sr_uniform (uint64_t *state)
 
 /* A run length in blocks, uniformly distributed over [0, 2*MEAN) so
  * that it averages MEAN; at least MIN.  (Uniform rather than
- * exponential keeps the plugin free of libm, which the server does not
- * load for plugins.)
+ * exponential keeps the plugin free of libm: plugins/meson.build links
+ * plugins with threads only.)
  */
 static uint64_t
 sr_run_length (uint64_t *state, double mean, uint64_t min)
