@@ -89,10 +89,13 @@ caps_query (struct export *exp, bool readonly)
   }
   else
     z = p->zero || p->_zero_v1 ? ZERO_CAN_NATIVE : ZERO_CAN_EMULATE;
+  /* Without a version 2 .zero a fast zero fails at once, cheaply, so it
+   * can be advertised (as nbdkit does, also for version 1 plugins).
+   */
   if (p->can_fast_zero)
     fz = p->can_fast_zero (h);
-  else  /* without native zero a fast zero fails at once, cheaply */
-    fz = z == ZERO_CAN_EMULATE;
+  else
+    fz = p->zero == NULL;
   if (p->can_fua && p->_api_version >= 2)
     fua = p->can_fua (h);
   else

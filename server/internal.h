@@ -128,6 +128,7 @@ struct plugin {
   char *filename;               /* owned: path of the .so */
   void *dl;                     /* dlopen handle */
   struct nbdkit_plugin p;       /* copy, zero-padded to our size */
+  const struct nbdkit_plugin *orig; /* the plugin's own struct */
   int thread_model;             /* min (plugin's, thread_model ()) */
   struct intern_set *interned;  /* strings interned outside connections */
 };
@@ -136,7 +137,9 @@ extern struct plugin plugin;
 int plugin_load (const char *name_or_path);
 void plugin_unload (void);
 int plugin_config (const char *key, const char *value);
+const char *plugin_magic_config_key (void);
 int plugin_config_complete (void);
+int plugin_thread_model_settle (void);
 int plugin_get_ready (void);
 int plugin_after_fork (void);
 void plugin_usage (void);

@@ -7,6 +7,7 @@
  */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -294,38 +295,48 @@ dump_config_and_exit (void)
   exit (EXIT_SUCCESS);
 }
 
-/* Plugins may keep the key pointer they were given past .config
- * (nbdkit's eval plugin does, and compares against it later), so each
- * key lives until exit, like the argv strings values point into.
+/* KEY=VALUE with KEY like an identifier: anything else is a bare VALUE
+ * (a path may well contain '=').
  */
-static char **config_keys;      /* owned: one per parameter, or NULL */
+static bool
+is_config_key (const char *s, size_t len)
+{
+  if (len == 0 || !(isalpha ((unsigned char) s[0]) || s[0] == '_'))
+    return false;
+  for (size_t i = 1; i < len; i++)
+    if (!isalnum ((unsigned char) s[i]) && !strchr ("_.-", s[i]))
+      return false;
+  return true;
+}
 
-/* [KEY=]VALUE parameters; a bare VALUE first means the magic key. */
+/* [KEY=]VALUE parameters.  A bare VALUE goes to the plugin's magic key
+ * (every one of them, as nbdkit: `split a b`), or without a magic key
+ * the first one to "script".  Keys are cut out of argv in place, so the
+ * strings stay valid for the plugin's whole life, as the API promises.
+ */
 static void
 configure_plugin (int argc, char **argv)
 {
-  config_keys = calloc (argc + 1, sizeof *config_keys);
-  if (config_keys == NULL)
-    die ("out of memory");
   for (int i = 0; i < argc; i++) {
-    const char *eq = strchr (argv[i], '=');
-    char *key;
+    char *eq = strchr (argv[i], '=');
+    const char *key;
 
-    if (eq == NULL || eq == argv[i]) {
-      if (i != 0 || plugin.p.magic_config_key == NULL)
-        die ("parameter '%s' should be KEY=VALUE (see 'nbdsrv %s --help')",
-             argv[i], plugin.p.name);
-      if (plugin_config (plugin.p.magic_config_key, argv[i]) == -1)
+    if (eq && is_config_key (argv[i], eq - argv[i])) {
+      *eq = '\0';
+      key = argv[i];
+      if (plugin_config (key, eq + 1) == -1)
         exit (EXIT_FAILURE);
       continue;
     }
-    key = strndup (argv[i], eq - argv[i]);
-    config_keys[i] = key;
-    if (key == NULL || plugin_config (key, eq + 1) == -1)
+    key = plugin_magic_config_key ();
+    if (key == NULL && i == 0)
+      key = "script";
+    if (key == NULL)
+      die ("parameter '%s' should be KEY=VALUE (see 'nbdsrv %s --help')",
+           argv[i], plugin.p.name);
+    if (plugin_config (key, argv[i]) == -1)
       exit (EXIT_FAILURE);
   }
-  if (plugin_config_complete () == -1)
-    exit (EXIT_FAILURE);
 }
 
 static void
@@ -485,13 +496,19 @@ main (int argc, char **argv)
     exit (EXIT_SUCCESS);
   }
   if (dump_plugin) {
+    /* As nbdkit: parameters reach the plugin before it is described. */
+    configure_plugin (argc - optind, argv + optind);
+    if (plugin_thread_model_settle () == -1)
+      exit (EXIT_FAILURE);
     plugin_dump ();
     exit (EXIT_SUCCESS);
   }
   check_option_combinations ();
   log_open ();
   configure_plugin (argc - optind, argv + optind);
-  if (plugin_get_ready () == -1)
+  if (plugin_config_complete () == -1 ||
+      plugin_thread_model_settle () == -1 ||
+      plugin_get_ready () == -1)
     exit (EXIT_FAILURE);
 
   quit_init ();

@@ -49,8 +49,11 @@ plugin_find (const char *name)
   char path[PATH_MAX];
   struct stat st;
 
-  if (!is_plugin_name (name))
-    return strdup (name);
+  if (!is_plugin_name (name)) {
+    char *abs = realpath (name, NULL);
+
+    return abs ? abs : strdup (name);   /* dlopen reports the error */
+  }
   for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
     snprintf (path, sizeof path, "%s/nbdkit-%s-plugin.so", dirs[i], name);
     if (stat (path, &st) == 0)
@@ -116,26 +119,19 @@ plugin_load (const char *name_or_path)
   }
   if (plugin_check (p, plugin.filename) == -1)
     return -1;
+  plugin.orig = p;
   size = p->_struct_size < sizeof plugin.p ? p->_struct_size
     : sizeof plugin.p;
   memcpy (&plugin.p, p, size);
 
   thread_state ()->name = plugin.p.name;
-  plugin.thread_model = plugin.p._thread_model;
-  if (plugin.p.thread_model) {
-    int m = plugin.p.thread_model ();
-
-    if (m == -1)
-      return -1;
-    if (m < plugin.thread_model)
-      plugin.thread_model = m;
-  }
-  if (plugin.thread_model < 0 ||
-      plugin.thread_model > NBDKIT_THREAD_MODEL_PARALLEL) {
+  if (plugin.p._thread_model < 0 ||
+      plugin.p._thread_model > NBDKIT_THREAD_MODEL_PARALLEL) {
     fprintf (stderr, "nbdsrv: error: %s: unknown thread model %d\n",
-             plugin.filename, plugin.thread_model);
+             plugin.filename, plugin.p._thread_model);
     return -1;
   }
+  plugin.thread_model = plugin.p._thread_model;
   if (plugin.p.load)
     plugin.p.load ();
   return 0;
@@ -156,6 +152,18 @@ plugin_unload (void)
   /* The plugin stays mapped: threads of its own may still be exiting. */
 }
 
+/* Read from the plugin's own struct, not our copy: a script plugin (sh)
+ * sets its magic key only once it has read its script.
+ */
+const char *
+plugin_magic_config_key (void)
+{
+  if (plugin.orig->_struct_size <=
+      offsetof (struct nbdkit_plugin, magic_config_key))
+    return NULL;
+  return plugin.orig->magic_config_key;
+}
+
 int
 plugin_config (const char *key, const char *value)
 {
@@ -171,6 +179,30 @@ int
 plugin_config_complete (void)
 {
   return plugin.p.config_complete ? plugin.p.config_complete () : 0;
+}
+
+/* The plugin may lower its thread model once it is configured (a
+ * script plugin, say, learns from its script), so .thread_model is asked
+ * after the parameters, as nbdkit does.
+ */
+int
+plugin_thread_model_settle (void)
+{
+  int m;
+
+  if (plugin.p.thread_model == NULL)
+    return 0;
+  m = plugin.p.thread_model ();
+  if (m == -1)
+    return -1;
+  if (m < 0 || m > NBDKIT_THREAD_MODEL_PARALLEL) {
+    fprintf (stderr, "nbdsrv: error: %s: .thread_model returned unknown "
+             "model %d\n", plugin.filename, m);
+    return -1;
+  }
+  if (m < plugin.thread_model)
+    plugin.thread_model = m;
+  return 0;
 }
 
 int
@@ -213,8 +245,8 @@ plugin_dump (void)
   printf ("max_thread_model=%s\n", thread_model_names[p->_thread_model & 3]);
   printf ("thread_model=%s\n", thread_model_names[plugin.thread_model]);
   printf ("errno_is_preserved=%d\n", p->errno_is_preserved);
-  if (p->magic_config_key)
-    printf ("magic_config_key=%s\n", p->magic_config_key);
+  if (plugin_magic_config_key ())
+    printf ("magic_config_key=%s\n", plugin_magic_config_key ());
 #define HAS(f) if (p->f) printf ("has_%s=1\n", #f)
   HAS (longname); HAS (description); HAS (load); HAS (unload);
   HAS (dump_plugin); HAS (config); HAS (config_complete); HAS (config_help);
@@ -224,12 +256,12 @@ plugin_dump (void)
   HAS (can_write); HAS (can_flush); HAS (is_rotational); HAS (can_trim);
   HAS (can_zero); HAS (can_fast_zero); HAS (can_extents); HAS (can_fua);
   HAS (can_multi_conn); HAS (can_cache);
+  HAS (pread); HAS (pwrite); HAS (flush); HAS (trim); HAS (zero);
+  HAS (extents); HAS (cache);
+  /* nbdkit names version 1 callbacks by their struct fields, last. */
+  HAS (_pread_v1); HAS (_pwrite_v1); HAS (_flush_v1); HAS (_trim_v1);
+  HAS (_zero_v1);
 #undef HAS
-#define HAS2(f) if (p->f || p->_##f##_v1) printf ("has_%s=1\n", #f)
-  HAS2 (pread); HAS2 (pwrite); HAS2 (flush); HAS2 (trim); HAS2 (zero);
-#undef HAS2
-  if (p->extents) printf ("has_extents=1\n");
-  if (p->cache) printf ("has_cache=1\n");
   fflush (stdout);
   if (p->dump_plugin)
     p->dump_plugin ();

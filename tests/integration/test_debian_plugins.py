@@ -151,31 +151,11 @@ CASES = {
     "floppy": (setup_floppy, ""),
 }
 
-# Server bugs found by these tests, reported and not fixed here.  Each
-# turns the affected test into a strict xfail under nbdsrv, so that a
-# fix shows up as an unexpected pass until its entry is removed.
-BUG_THREAD_MODEL_EARLY = (
-    "nbdsrv calls .thread_model before .config/.config_complete, so sh "
-    "and eval run PARALLEL where nbdkit settles on SERIALIZE_ALL_REQUESTS")
-BUG_V1_DUMP_NAMES = (
-    "--dump-plugin of an API v1 plugin: nbdsrv prints has_pread=1 "
-    "where nbdkit prints has__pread_v1=1 (likewise pwrite/flush/trim/zero)")
-BUG_V1_FAST_ZERO = (
-    "API v1 plugin with .zero and no .can_fast_zero: nbdkit advertises "
-    "NBD_FLAG_SEND_FAST_ZERO (and fails fast zeroes at once), nbdsrv "
-    "does not (server/backend.c caps_query)")
-BUG_MAGIC_KEY_ONCE = (
-    "nbdsrv passes only the first bare parameter to .magic_config_key "
-    "(server/main.c); nbdkit passes every bare parameter")
-
+# Server bugs found by these tests are fixed; a new one gets an entry
+# here, which turns the affected test into a strict xfail under nbdsrv
+# until it is fixed.
 KNOWN_DATA_BUGS = {}
-KNOWN_DUMP_BUGS = {
-    "eval": BUG_THREAD_MODEL_EARLY,
-    "sh": BUG_THREAD_MODEL_EARLY,
-    "split": BUG_V1_DUMP_NAMES,
-    "partitioning": BUG_V1_DUMP_NAMES,
-    "floppy": BUG_V1_DUMP_NAMES,
-}
+KNOWN_DUMP_BUGS = {}
 
 
 def known_nbdsrv_bug(request, reason):
@@ -417,7 +397,6 @@ def test_api_v1_plugin_dump(tmp_path):
 
 
 def test_api_v1_plugin_dump_same(request, tmp_path):
-    known_nbdsrv_bug(request, BUG_V1_DUMP_NAMES)
     so = build_v1_plugin(tmp_path)
     outs = [dump_plugin(impl, [so])[1] for impl in ("nbdsrv", "nbdkit")]
     assert outs[0].splitlines() == outs[1].splitlines()
@@ -451,17 +430,14 @@ def test_api_v1_plugin(v1_results):
 
 def test_api_v1_plugin_same_as_nbdkit(request, v1_results):
     ours, theirs, diff = v1_results
-    if diff == ["flags"]:
-        known_nbdsrv_bug(request, BUG_V1_FAST_ZERO)
     assert_same(ours, theirs, diff)
 
 
 def test_magic_config_key_repeated(request, tmp_path, table):
     """nbdkit passes every bare parameter to .magic_config_key
     (split's is file=), not only the first one."""
-    known_nbdsrv_bug(request, BUG_MAGIC_KEY_ONCE)
     row = RESULTS.setdefault("split (bare file names)", {
-        "loads": "no", "passes": "no", "note": BUG_MAGIC_KEY_ONCE[:60]})
+        "loads": "no", "passes": "no", "note": "bare names not accepted"})
     a = disk_with_hole(str(tmp_path / "a"), 3 * MiB, 2)
     b = disk_with_hole(str(tmp_path / "b"), 2 * MiB, 4)
     sizes = {}
@@ -476,16 +452,9 @@ def test_magic_config_key_repeated(request, tmp_path, table):
     row.update(loads="yes", passes="yes", note="")
 
 
-BUG_BARE_SCRIPT = (
-    "without .magic_config_key, nbdkit passes a bare first parameter as "
-    "script=VALUE (nbdkit-plugin(3)); nbdsrv refuses it")
-
-
 def test_bare_first_parameter_is_script(request, impl):
     """The thread-model probe has no magic key and refuses every key,
     naming it: so the error shows which key .config received."""
-    if impl == "nbdsrv":
-        known_nbdsrv_bug(request, BUG_BARE_SCRIPT)
     probe = os.path.join(BUILD, "tests", "plugins",
                          "nbdkit-tm-parallel-plugin.so")
     proc = subprocess.run([BINARIES[impl], "-U", "-", probe, "foo",

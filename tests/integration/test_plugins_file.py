@@ -648,9 +648,6 @@ def test_split_empty_files(server, tmp_path):
     assert block_status(h, 8000, 0)[1::2] in ([0], [0, 3, 0], [0, 3])
 
 
-@pytest.mark.xfail(reason="server bug: nbdsrv takes only the first bare "
-                   "word as the magic key; nbdkit takes every one",
-                   strict=False)
 def test_split_bare_file_names(server, tmp_path):
     dirs = twin_dirs(str(tmp_path))
     ours, theirs = start_pair(server, "split", make_split_files, dirs)

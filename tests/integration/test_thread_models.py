@@ -31,21 +31,6 @@ POLL_TIMEOUT_MS = 1000
 MAX_POLLS = 1000
 
 
-# Server bug, reported not fixed: nbdsrv calls .thread_model in
-# plugin_load (server/plugin.c), before .config, so a model chosen from
-# the configuration is never seen.  nbdkit calls it after
-# .config_complete (nbdkit-plugin(3), "Threads").
-THREAD_MODEL_CALLBACK_BUG = (
-    "nbdsrv calls .thread_model before .config/.config_complete")
-
-
-def known_nbdsrv_bug(request, impl, reason):
-    """Expect failure under nbdsrv until the bug is fixed; strict, so a
-    fix makes the test fail until this marker is removed."""
-    if impl == "nbdsrv":
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-
-
 def tm_plugin(model):
     path = os.path.join(TEST_PLUGINDIR, "nbdkit-tm-%s-plugin.so"
                         % model.replace("_", "-"))
@@ -128,7 +113,6 @@ def test_dump_plugin_thread_model(impl, model):
 def test_dump_plugin_lowered_by_callback(request, impl, model):
     """.thread_model runs after the configuration; the line
     thread_model= shows what it chose, max_thread_model= the macro."""
-    known_nbdsrv_bug(request, impl, THREAD_MODEL_CALLBACK_BUG)
     d = dump_plugin(impl, tm_plugin("parallel"), "lower=" + model)
     assert d["max_thread_model"] == "parallel"
     assert d["thread_model"] == model
@@ -231,7 +215,6 @@ def test_parallel(server, impl):
 
 def test_parallel_lowered_to_serialize_requests(request, server, impl):
     """.thread_model lowering PARALLEL is honoured at run time."""
-    known_nbdsrv_bug(request, impl, THREAD_MODEL_CALLBACK_BUG)
     s = server(tm_plugin("parallel"), "lower=serialize_requests", impl=impl)
     hs = [connect(s) for _ in range(2)]
     try:
@@ -244,7 +227,6 @@ def test_parallel_lowered_to_serialize_requests(request, server, impl):
 
 
 def test_parallel_lowered_to_serialize_all_requests(request, server, impl):
-    known_nbdsrv_bug(request, impl, THREAD_MODEL_CALLBACK_BUG)
     s = server(tm_plugin("parallel"), "lower=serialize_all_requests",
                impl=impl)
     hs = [connect(s) for _ in range(2)]
@@ -258,7 +240,6 @@ def test_parallel_lowered_to_serialize_all_requests(request, server, impl):
 
 
 def test_parallel_lowered_to_serialize_connections(request, server, impl):
-    known_nbdsrv_bug(request, impl, THREAD_MODEL_CALLBACK_BUG)
     s = server(tm_plugin("parallel"), "lower=serialize_connections",
                impl=impl)
     a = connect(s)
