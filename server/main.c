@@ -356,8 +356,6 @@ check_option_combinations (void)
     cfg.unixsocket = "-";
   if (cfg.run || cfg.single || cfg.exit_with_parent)
     cfg.foreground = true;
-  if (!log_given && !cfg.foreground)
-    cfg.log_to = LOG_TO_SYSLOG;
   if (getenv ("LISTEN_PID") && getenv ("LISTEN_FDS") &&
       atoi (getenv ("LISTEN_PID")) == getpid ()) {
     if (cfg.unixsocket || cfg.port || cfg.vsock || cfg.ipaddr || cfg.single)
@@ -435,6 +433,11 @@ daemonize (void)
     _exit (EXIT_SUCCESS);
   }
   setsid ();
+  /* Start-up errors went to stderr; from now on nobody reads it. */
+  if (!log_given) {
+    cfg.log_to = LOG_TO_SYSLOG;
+    log_open ();
+  }
   if (chdir ("/") == -1)
     server_error ("chdir /: %m");
   fd = open ("/dev/null", O_RDWR);

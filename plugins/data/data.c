@@ -27,13 +27,10 @@
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 #include <nbdkit-plugin.h>
 
-#include "format.h"
-
-/* plugins/meson.build builds one source file per plugin; the parser
- * is a separate file only so that unit tests and fuzzers can compile
- * it alone (tests/unit/test-data-format.c).
+/* The parser lives in format.c (built beside this file, see
+ * plugins/meson.build) so unit tests and fuzzers can compile it alone.
  */
-#include "format.c"
+#include "format.h"
 
 #define DATA_PAGE_BITS 15
 #define DATA_PAGE_SIZE (UINT64_C (1) << DATA_PAGE_BITS)
