@@ -547,10 +547,14 @@ main (int argc, char **argv)
     accept_loop (&l);
   }
 
-  /* Orderly shutdown: stop listening, let requests in flight finish. */
+  /* Orderly shutdown: stop listening at once, then let requests in
+   * flight finish.
+   */
+  acceptors_wait (false);
   listeners_close (&l);
   conns_shutdown_all ();
   conns_wait_all ();
+  acceptors_wait (true);
   plugin_unload ();
   if (cfg.pidfile)
     unlink (cfg.pidfile);

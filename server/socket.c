@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,8 +215,9 @@ listeners_close (struct listeners *l)
   l->unixpath = l->tmpdir = NULL;
 }
 
-static void
-conn_start (int fd)
+/* Set up an accepted socket as a connection, or close it. */
+static struct connection *
+conn_accepted (int fd)
 {
   struct connection *conn;
   struct sockaddr_storage ss;
@@ -229,29 +231,41 @@ conn_start (int fd)
       setsockopt (fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
   }
   conn = conn_new (fd, fd);
-  if (conn == NULL) {
+  if (conn == NULL)
     close (fd);
-    return;
-  }
-  conn_spawn (conn);
+  return conn;
 }
 
-void
-accept_loop (struct listeners *l)
+/* Acceptor threads.  The thread that accepts a client serves it
+ * itself, so a new client never waits for another thread to be created
+ * or scheduled (the connection-rate case: connect, one request, leave).
+ * Before serving it makes sure another acceptor is waiting; when its
+ * client leaves it waits for the next, unless enough already wait.
+ */
+#define ACCEPTORS_IDLE_MAX 2
+
+static atomic_uint acceptors_idle;      /* waiting for a client */
+static unsigned acceptors;              /* alive, under acceptors_lock */
+static pthread_mutex_t acceptors_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t acceptors_cond = PTHREAD_COND_INITIALIZER;
+
+/* Wait for the next client on any listener.  Listeners are
+ * non-blocking, so an acceptor that loses the race to another just
+ * waits again.  Returns -1 once the server is quitting.
+ */
+static int
+accept_next (const struct listeners *l)
 {
-  struct pollfd fds[17];
+  struct pollfd fds[sizeof l->fds / sizeof l->fds[0] + 1];
   size_t n = l->n;
 
   for (size_t i = 0; i < n; i++)
     fds[i] = (struct pollfd) { .fd = l->fds[i], .events = POLLIN };
   fds[n] = (struct pollfd) { .fd = quit_fd, .events = POLLIN };
-
   while (!quit) {
-    if (poll (fds, n + 1, -1) == -1) {
-      if (errno == EINTR)
-        continue;
+    if (poll (fds, n + 1, -1) == -1 && errno != EINTR) {
       server_error ("poll: %m");
-      return;
+      return -1;
     }
     for (size_t i = 0; i < n && !quit; i++) {
       int fd;
@@ -259,14 +273,104 @@ accept_loop (struct listeners *l)
       if (!(fds[i].revents & POLLIN))
         continue;
       fd = accept4 (fds[i].fd, NULL, NULL, SOCK_CLOEXEC);
-      if (fd == -1) {
-        if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED)
-          server_error ("accept: %m");
-        continue;
-      }
-      conn_start (fd);
+      if (fd >= 0)
+        return fd;
+      if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED)
+        server_error ("accept: %m");
     }
   }
+  return -1;
+}
+
+static int acceptor_spawn (struct listeners *l);
+
+static void *
+acceptor_thread (void *arg)
+{
+  struct listeners *l = arg;
+
+  for (;;) {
+    int fd = accept_next (l);
+    struct connection *conn;
+
+    unsigned idle;
+
+    if (fd == -1)
+      break;
+    if (atomic_fetch_sub (&acceptors_idle, 1) == 1)
+      acceptor_spawn (l);
+    conn = conn_accepted (fd);
+    if (conn)
+      conn_serve (conn);
+    /* Wait again only while fewer than ACCEPTORS_IDLE_MAX wait. */
+    idle = atomic_load (&acceptors_idle);
+    do {
+      if (idle >= ACCEPTORS_IDLE_MAX)
+        goto out_exit;
+    } while (!atomic_compare_exchange_weak (&acceptors_idle, &idle,
+                                            idle + 1));
+  }
+  atomic_fetch_sub (&acceptors_idle, 1);
+ out_exit:
+  pthread_mutex_lock (&acceptors_lock);
+  acceptors--;
+  pthread_cond_broadcast (&acceptors_cond);
+  pthread_mutex_unlock (&acceptors_lock);
+  return NULL;
+}
+
+static int
+acceptor_spawn (struct listeners *l)
+{
+  pthread_attr_t attr;
+  pthread_t thread;
+  int r;
+
+  pthread_mutex_lock (&acceptors_lock);
+  acceptors++;
+  atomic_fetch_add (&acceptors_idle, 1);
+  pthread_attr_init (&attr);
+  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+  r = pthread_create (&thread, &attr, acceptor_thread, l);
+  pthread_attr_destroy (&attr);
+  if (r != 0) {
+    acceptors--;
+    atomic_fetch_sub (&acceptors_idle, 1);
+    errno = r;
+    server_error ("cannot start a thread to accept clients: %m");
+  }
+  pthread_mutex_unlock (&acceptors_lock);
+  return r == 0 ? 0 : -1;
+}
+
+/* Serve until quit.  The main thread only starts the first acceptor
+ * and waits; accepting and serving happen in acceptor threads.
+ */
+void
+accept_loop (struct listeners *l)
+{
+  struct pollfd pfd = { .fd = quit_fd, .events = POLLIN };
+
+  for (size_t i = 0; i < l->n; i++)
+    fcntl (l->fds[i], F_SETFL, fcntl (l->fds[i], F_GETFL) | O_NONBLOCK);
+  for (int i = 0; i < ACCEPTORS_IDLE_MAX; i++)
+    if (acceptor_spawn (l) == -1)
+      quit_set ();
+  while (!quit)
+    poll (&pfd, 1, -1);
+}
+
+/* After quit.  ALL false: wait until no acceptor is waiting on the
+ * listeners, so they can be closed (busy acceptors see quit before they
+ * would poll again).  ALL true: wait until every acceptor has exited.
+ */
+void
+acceptors_wait (bool all)
+{
+  pthread_mutex_lock (&acceptors_lock);
+  while (all ? acceptors > 0 : atomic_load (&acceptors_idle) > 0)
+    pthread_cond_wait (&acceptors_cond, &acceptors_lock);
+  pthread_mutex_unlock (&acceptors_lock);
 }
 
 /* -s: one client on stdin/stdout.  It is served in its own thread, as

@@ -2,6 +2,7 @@
 #ifndef NBDSRV_SOCKET_H
 #define NBDSRV_SOCKET_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct listeners {
@@ -15,6 +16,7 @@ struct listeners {
 int listeners_open (struct listeners *l);
 void listeners_close (struct listeners *l);
 void accept_loop (struct listeners *l);
+void acceptors_wait (bool all);
 void serve_single (void);
 
 #endif /* NBDSRV_SOCKET_H */
