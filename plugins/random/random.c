@@ -21,41 +21,19 @@
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 #include <nbdkit-plugin.h>
 
+#include "splitmix.h"
+
 static int64_t size = 0;        /* nbdkit 1.32 also defaults to 0 */
 static uint32_t seed;
 static int seed_given;
 
-/* The splitmix64 output function (Steele, Lea, Flood 2014): a bijective
- * 64-bit mixer with good avalanche, cheap enough to run per word.
+/* Fill BUF with the disk bytes at [OFFSET, OFFSET+COUNT): the disk is
+ * the splitmix64 stream keyed by the mixed seed.
  */
-static inline uint64_t
-random_mix (uint64_t x)
-{
-  x = (x ^ (x >> 30)) * UINT64_C (0xbf58476d1ce4e5b9);
-  x = (x ^ (x >> 27)) * UINT64_C (0x94d049bb133111eb);
-  return x ^ (x >> 31);
-}
-
-/* The word at index WORD (bytes 8*WORD .. 8*WORD+7, little endian). */
-static inline uint64_t
-random_word (uint64_t word)
-{
-  return random_mix (random_mix (seed) + word * UINT64_C (0x9e3779b97f4a7c15));
-}
-
-/* Fill BUF with the disk bytes at [OFFSET, OFFSET+COUNT). */
 static void
 random_fill (unsigned char *buf, uint32_t count, uint64_t offset)
 {
-  uint64_t w, word = offset / 8;
-  unsigned skip = offset % 8, i;
-
-  while (count > 0) {
-    w = random_word (word++);
-    for (i = skip; i < 8 && count > 0; ++i, --count)
-      *buf++ = w >> (8 * i);
-    skip = 0;
-  }
+  splitmix_fill (buf, count, offset, splitmix_mix (seed));
 }
 
 static int

@@ -27,6 +27,8 @@
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 #include <nbdkit-plugin.h>
 
+#include "splitmix.h"
+
 #define SR_BLOCK_BITS 12
 #define SR_BLOCK_SIZE (UINT64_C (1) << SR_BLOCK_BITS)
 
@@ -44,23 +46,11 @@ struct sr_run {
 static struct sr_run *runs;     /* owned, built in get_ready */
 static size_t nr_runs;
 
-/* The splitmix64 output function (Steele, Lea, Flood 2014). */
-static inline uint64_t
-sr_mix (uint64_t x)
-{
-  x = (x ^ (x >> 30)) * UINT64_C (0xbf58476d1ce4e5b9);
-  x = (x ^ (x >> 27)) * UINT64_C (0x94d049bb133111eb);
-  return x ^ (x >> 31);
-}
-
-#define SR_GOLDEN UINT64_C (0x9e3779b97f4a7c15)
-
 /* Uniform in (0, 1], from the layout generator's state. */
 static double
 sr_uniform (uint64_t *state)
 {
-  *state += SR_GOLDEN;
-  return ((sr_mix (*state) >> 11) + 1) * (1.0 / 9007199254740992.0);
+  return ((splitmix_next (state) >> 11) + 1) * (1.0 / 9007199254740992.0);
 }
 
 /* A run length in blocks, uniformly distributed over [0, 2*MEAN) so
@@ -159,7 +149,7 @@ static int
 sparse_random_get_ready (void)
 {
   uint64_t nblocks = (size + SR_BLOCK_SIZE - 1) >> SR_BLOCK_BITS;
-  uint64_t state = sr_mix (seed), pos = 0, len;
+  uint64_t state = splitmix_mix (seed), pos = 0, len;
   double data_mean, hole_mean;
   size_t cap = 0;
   struct sr_run *r;
@@ -235,22 +225,13 @@ static void
 sr_fill_block (unsigned char *buf, uint32_t count, uint64_t offset,
                uint64_t block)
 {
-  uint64_t key = sr_mix (sr_mix (seed) ^ (block * SR_GOLDEN)), w, word;
-  unsigned skip, i;
+  uint64_t key = splitmix_mix (splitmix_mix (seed) ^
+                               (block * SPLITMIX_GOLDEN));
 
-  if (!random_content) {
-    /* One non-zero byte for the whole block. */
-    memset (buf, (sr_mix (key) % 255) + 1, count);
-    return;
-  }
-  word = offset / 8;
-  skip = offset % 8;
-  while (count > 0) {
-    w = sr_mix (key + word++ * SR_GOLDEN);
-    for (i = skip; i < 8 && count > 0; ++i, --count)
-      *buf++ = w >> (8 * i);
-    skip = 0;
-  }
+  if (random_content)
+    splitmix_fill (buf, count, offset, key);
+  else                          /* one non-zero byte for the whole block */
+    memset (buf, (splitmix_mix (key) % 255) + 1, count);
 }
 
 static void
