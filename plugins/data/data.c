@@ -31,6 +31,7 @@
  * plugins/meson.build) so unit tests and fuzzers can compile it alone.
  */
 #include "format.h"
+#include "iszero.h"
 
 #define DATA_PAGE_BITS 15
 #define DATA_PAGE_SIZE (UINT64_C (1) << DATA_PAGE_BITS)
@@ -121,17 +122,6 @@ store_drop (uint64_t pageno)
   free (pages[i].bytes);
   memmove (&pages[i], &pages[i+1], (nr_pages - i - 1) * sizeof *pages);
   nr_pages--;
-}
-
-static bool
-is_zero (const unsigned char *buf, size_t len)
-{
-  size_t i;
-
-  for (i = 0; i < len && i < 16; ++i)
-    if (buf[i] != 0)
-      return false;
-  return len <= 16 || memcmp (buf, buf + 16, len - 16) == 0;
 }
 
 /* Caller holds the write lock. */

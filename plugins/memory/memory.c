@@ -35,6 +35,8 @@
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 #include <nbdkit-plugin.h>
 
+#include "iszero.h"
+
 #define MEM_PAGE_BITS    15
 #define MEM_PAGE_SIZE    (UINT64_C (1) << MEM_PAGE_BITS)
 #define MEM_PAGE_MASK    (MEM_PAGE_SIZE - 1)
@@ -194,22 +196,6 @@ mem_node_free (struct mem_node *node, int level)
       mem_node_free (node->slot[i], level + 1);
   }
   free (node);
-}
-
-static bool
-mem_is_zero (const char *buf, size_t len)
-{
-  size_t i;
-
-  /* Checking the first bytes one by one lets memcmp compare the buffer
-   * against itself shifted by 16, which is fast and needs no zero page.
-   */
-  for (i = 0; i < len && i < 16; ++i)
-    if (buf[i] != 0)
-      return false;
-  if (len <= 16)
-    return true;
-  return memcmp (buf, buf + 16, len - 16) == 0;
 }
 
 static void
@@ -425,7 +411,7 @@ mem_range_zero (uint32_t count, uint64_t offset)
       mem_page_free (pageno);
     else {
       memset (page + pos_in_page, 0, n);
-      if (mem_is_zero (page, MEM_PAGE_SIZE))
+      if (is_zero (page, MEM_PAGE_SIZE))
         mem_page_free (pageno);
     }
     offset += n;
@@ -475,7 +461,7 @@ mem_area_type (uint64_t offset, uint64_t *next)
   *next = (pageno + hole_pages) << MEM_PAGE_BITS;
   if (page == NULL)
     return NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO;
-  if (mem_is_zero (page + pos_in_page, MEM_PAGE_SIZE - pos_in_page))
+  if (is_zero (page + pos_in_page, MEM_PAGE_SIZE - pos_in_page))
     return NBDKIT_EXTENT_ZERO;
   return 0;
 }
