@@ -32,6 +32,7 @@
  */
 #include "format.h"
 #include "iszero.h"
+#include "page-extents.h"
 
 #define DATA_PAGE_BITS 15
 #define DATA_PAGE_SIZE (UINT64_C (1) << DATA_PAGE_BITS)
@@ -426,60 +427,35 @@ data_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
   return data_zero (handle, count, offset, flags);
 }
 
-/* Whole pages from OFFSET to the page holding the last requested byte,
- * merged by type, as nbdkit reports them.  A run of holes is measured
- * up to the next allocated page in one step.
+/* Type of the area at OFFSET for page_extents_add.  A run of holes is
+ * measured up to the next allocated page in one step.
  */
+static uint32_t
+data_area_type (uint64_t offset, uint64_t *next)
+{
+  uint64_t pageno = offset >> DATA_PAGE_BITS;
+  uint32_t pos_in_page = offset & DATA_PAGE_MASK;
+  size_t i = store_search (pageno);
+
+  if (i == nr_pages || pages[i].pageno != pageno) {
+    *next = i < nr_pages ? pages[i].pageno << DATA_PAGE_BITS : UINT64_MAX;
+    return NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO;
+  }
+  *next = (pageno + 1) << DATA_PAGE_BITS;
+  if (is_zero (pages[i].bytes + pos_in_page, DATA_PAGE_SIZE - pos_in_page))
+    return NBDKIT_EXTENT_ZERO;
+  return 0;
+}
+
 static int
 data_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
               struct nbdkit_extents *extents)
 {
-  uint64_t req_end = offset + count;
-  uint64_t end = (req_end + DATA_PAGE_MASK) & ~DATA_PAGE_MASK;
-  uint64_t pos = offset, run_start = offset, next, pageno;
-  uint32_t type, run_type = 0;
-  unsigned char *page;
-  size_t i;
-  int r = 0;
-
-  if (end > (uint64_t) size)
-    end = size;
+  int r;
 
   pthread_rwlock_rdlock (&store_lock);
-  while (pos < end) {
-    pageno = pos >> DATA_PAGE_BITS;
-    i = store_search (pageno);
-    page = i < nr_pages && pages[i].pageno == pageno ? pages[i].bytes : NULL;
-    if (page == NULL) {
-      type = NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO;
-      next = i < nr_pages ? pages[i].pageno << DATA_PAGE_BITS : end;
-    }
-    else {
-      next = (pageno + 1) << DATA_PAGE_BITS;
-      type = is_zero (page + (pos & DATA_PAGE_MASK),
-                      DATA_PAGE_SIZE - (pos & DATA_PAGE_MASK))
-        ? NBDKIT_EXTENT_ZERO : 0;
-    }
-    if (next > end)
-      next = end;
-    if (pos > run_start && type != run_type) {
-      r = nbdkit_add_extent (extents, run_start, pos - run_start, run_type);
-      if (r == -1 || (flags & NBDKIT_FLAG_REQ_ONE))
-        goto out_unlock;
-      run_start = pos;
-    }
-    run_type = type;
-    pos = next;
-  }
-
-  /* Cut an extent that would not fit in 32 bits at the request end. */
-  if (pos > run_start) {
-    if (pos - run_start > UINT32_MAX)
-      pos = req_end;
-    r = nbdkit_add_extent (extents, run_start, pos - run_start, run_type);
-  }
-
- out_unlock:
+  r = page_extents_add (extents, count, offset, flags, size, DATA_PAGE_SIZE,
+                        data_area_type);
   pthread_rwlock_unlock (&store_lock);
   return r;
 }

@@ -36,6 +36,7 @@
 #include <nbdkit-plugin.h>
 
 #include "iszero.h"
+#include "page-extents.h"
 
 #define MEM_PAGE_BITS    15
 #define MEM_PAGE_SIZE    (UINT64_C (1) << MEM_PAGE_BITS)
@@ -446,8 +447,8 @@ memory_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
   return memory_trim (handle, count, offset, flags);
 }
 
-/* Type of the page area starting at OFFSET and running to the page
- * end; *NEXT is set to where the next area starts.
+/* Type of the area at OFFSET for page_extents_add.  A missing subtree
+ * is reported as one run of holes.
  */
 static uint32_t
 mem_area_type (uint64_t offset, uint64_t *next)
@@ -466,47 +467,15 @@ mem_area_type (uint64_t offset, uint64_t *next)
   return 0;
 }
 
-/* Report whole pages from OFFSET up to the page holding the last
- * requested byte, as nbdkit does (the last extent may run past the
- * request, which NBD allows), merging pages of the same type.  Unlike
- * nbdkit 1.32, which aborts when a rounded-up hole exceeds 4 GiB, an
- * extent that would be longer than 32 bits is cut at the request end.
- */
 static int
 memory_extents (void *handle, uint32_t count, uint64_t offset,
                 uint32_t flags, struct nbdkit_extents *extents)
 {
-  uint64_t req_end = offset + count;
-  uint64_t end = (req_end + MEM_PAGE_MASK) & ~MEM_PAGE_MASK;
-  uint64_t pos = offset, run_start = offset, next;
-  uint32_t type, run_type = 0;
-  int r = 0;
-
-  if (end > (uint64_t) size)
-    end = size;
+  int r;
 
   pthread_rwlock_rdlock (&tree_lock);
-  while (pos < end) {
-    type = mem_area_type (pos, &next);
-    if (next > end)
-      next = end;
-    if (pos > run_start && type != run_type) {
-      r = nbdkit_add_extent (extents, run_start, pos - run_start, run_type);
-      if (r == -1 || (flags & NBDKIT_FLAG_REQ_ONE))
-        goto out_unlock;
-      run_start = pos;
-    }
-    run_type = type;
-    pos = next;
-  }
-
-  if (pos > run_start) {
-    if (pos - run_start > UINT32_MAX)
-      pos = req_end;
-    r = nbdkit_add_extent (extents, run_start, pos - run_start, run_type);
-  }
-
- out_unlock:
+  r = page_extents_add (extents, count, offset, flags, size, MEM_PAGE_SIZE,
+                        mem_area_type);
   pthread_rwlock_unlock (&tree_lock);
   return r;
 }
