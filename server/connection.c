@@ -68,12 +68,23 @@ conn_new (int fd_in, int fd_out)
   pthread_mutex_init (&conn->read_lock, NULL);
   pthread_mutex_init (&conn->write_lock, NULL);
   pthread_mutex_init (&conn->workers_lock, NULL);
+  pthread_mutex_init (&conn->big_lock, NULL);
+  pthread_cond_init (&conn->big_cond, NULL);
   conn->max_workers =
     plugin.thread_model == NBDKIT_THREAD_MODEL_PARALLEL ? cfg.threads : 1;
   if (cfg.handshake_timeout)
     conn->deadline_ms = now_ms () + cfg.handshake_timeout * INT64_C (1000);
 
   pthread_mutex_lock (&conns_lock);
+  if (cfg.max_connections && nconns >= cfg.max_connections) {
+    pthread_mutex_unlock (&conns_lock);
+    server_error ("%u clients are connected, the --max-connections "
+                  "limit: refusing another", nconns);
+    free (conn->rbuf);
+    free (conn->obuf);
+    free (conn);
+    return NULL;
+  }
   conn->id = ++conns_served;
   conn->next = conns;
   conns = conn;
@@ -106,6 +117,8 @@ conn_free (struct connection *conn)
   pthread_mutex_destroy (&conn->read_lock);
   pthread_mutex_destroy (&conn->write_lock);
   pthread_mutex_destroy (&conn->workers_lock);
+  pthread_mutex_destroy (&conn->big_lock);
+  pthread_cond_destroy (&conn->big_cond);
 
   pthread_mutex_lock (&conns_lock);
   for (pp = &conns; *pp != conn; pp = &(*pp)->next)

@@ -55,6 +55,14 @@ struct connection {
   unsigned max_workers;
   atomic_uint readers_waiting;  /* workers queued on read_lock */
 
+  /* READ/WRITE buffers above REQUEST_BIG in use on this connection,
+   * at most REQUEST_BIG_MAX at once (protocol.c), so a client cannot
+   * make the server hold -t workers x 64 MiB.
+   */
+  pthread_mutex_t big_lock;
+  pthread_cond_t big_cond;
+  unsigned big_inflight;        /* guarded by big_lock */
+
   struct intern_set *interned;  /* nbdkit_*_intern strings */
   struct connection *next;      /* list of live connections */
 };

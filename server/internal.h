@@ -35,6 +35,7 @@ struct server_config {
   unsigned threads;             /* -t: workers per connection */
   unsigned handshake_timeout;   /* --timeout, seconds; 0 = none */
   unsigned mask_handshake;      /* --mask-handshake */
+  unsigned max_connections;     /* --max-connections; 0 = no limit */
   bool foreground, readonly, single, vsock, no_sr, no_mc;
   bool print_uri, exit_with_parent, verbose, keepalive;
   bool socket_activation;       /* LISTEN_FDS was set */
@@ -65,6 +66,7 @@ struct thread_state {
 };
 struct thread_state *thread_state (void);
 void *thread_buffer (size_t n); /* NULL with errno ENOMEM */
+void thread_buffer_release (void);
 void thread_clear_error (void);
 struct nbdkit_extents *thread_extents (void); /* NULL: ENOMEM */
 

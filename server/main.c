@@ -45,7 +45,8 @@ static struct debug_flag *debug_flags;
 
 enum {
   OPT_DUMP_CONFIG = 256, OPT_DUMP_PLUGIN, OPT_EXIT_WITH_PARENT, OPT_FILTER,
-  OPT_HELP, OPT_KEEPALIVE, OPT_LOG, OPT_MASK_HANDSHAKE, OPT_NO_MC,
+  OPT_HELP, OPT_KEEPALIVE, OPT_LOG, OPT_MASK_HANDSHAKE, OPT_MAX_CONNECTIONS,
+  OPT_NO_MC,
   OPT_NO_SR, OPT_PRINT_URI, OPT_RUN, OPT_SELINUX_LABEL, OPT_SWAP,
   OPT_TIMEOUT, OPT_TLS, OPT_TLS_CERTIFICATES, OPT_TLS_PSK,
   OPT_TLS_VERIFY_PEER, OPT_VSOCK,
@@ -72,6 +73,7 @@ static const struct option long_opts[] = {
   { "keepalive", no_argument, NULL, OPT_KEEPALIVE },
   { "log", required_argument, NULL, OPT_LOG },
   { "mask-handshake", required_argument, NULL, OPT_MASK_HANDSHAKE },
+  { "max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS },
   { "new-style", no_argument, NULL, 'n' },
   { "newstyle", no_argument, NULL, 'n' },
   { "no-mc", no_argument, NULL, OPT_NO_MC },
@@ -112,7 +114,8 @@ usage (void)
           "nbdsrv [-4|-6] [-D PLUGIN.FLAG=N] [-e EXPORTNAME]\n"
           "       [--exit-with-parent] [-f] [-g GROUP] [-i IPADDR]\n"
           "       [--keepalive] [--log=stderr|syslog|null|FILE]\n"
-          "       [--mask-handshake=MASK] [--no-mc] [--no-sr]\n"
+          "       [--mask-handshake=MASK] [--max-connections=N]\n"
+          "       [--no-mc] [--no-sr]\n"
           "       [-P PIDFILE] [-p PORT] [--print-uri] [-r]\n"
           "       [--run 'COMMAND ARGS ...'] [-s] [-t THREADS]\n"
           "       [--timeout=SECONDS] [-U SOCKET|-] [-u USER] [-v]\n"
@@ -252,6 +255,10 @@ parse_option (int c, const char *arg)
   case OPT_MASK_HANDSHAKE:
     cfg.mask_handshake = parse_uint_opt ("--mask-handshake", arg, 0,
                                          0xffff);
+    break;
+  case OPT_MAX_CONNECTIONS:
+    cfg.max_connections = parse_uint_opt ("--max-connections", arg, 0,
+                                          1000000);
     break;
   case OPT_NO_MC: cfg.no_mc = true; break;
   case OPT_NO_SR: cfg.no_sr = true; break;

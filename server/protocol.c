@@ -31,6 +31,15 @@
 #define INLINE_MAX_NS 10000
 #define INLINE_MAX_DATA (64 * 1024)
 
+/* At most REQUEST_BIG_MAX requests above REQUEST_BIG bytes are in
+ * flight per connection; their buffers are freed afterwards.  So a
+ * connection holds at most about 2 x 64 MiB for data however many
+ * maximum-size writes its client sends, and the reader simply stops
+ * reading until one finishes.
+ */
+#define REQUEST_BIG (4 * 1024 * 1024)
+#define REQUEST_BIG_MAX 2
+
 /* A request once read: the decoded header, the validation result and,
  * for READ/WRITE, the thread's data buffer.
  */
@@ -39,7 +48,28 @@ struct work {
   int err;                      /* host errno from validation, or 0 */
   const char *why;              /* validation failure text */
   char *buf;                    /* borrowed thread buffer */
+  bool big;                     /* holds one of the REQUEST_BIG slots */
 };
+
+static void
+big_acquire (struct connection *conn)
+{
+  pthread_mutex_lock (&conn->big_lock);
+  while (conn->big_inflight >= REQUEST_BIG_MAX)
+    pthread_cond_wait (&conn->big_cond, &conn->big_lock);
+  conn->big_inflight++;
+  pthread_mutex_unlock (&conn->big_lock);
+}
+
+static void
+big_release (struct connection *conn)
+{
+  thread_buffer_release ();
+  pthread_mutex_lock (&conn->big_lock);
+  conn->big_inflight--;
+  pthread_cond_signal (&conn->big_cond);
+  pthread_mutex_unlock (&conn->big_lock);
+}
 
 static void
 validate_state_of (const struct connection *conn, struct validate_state *st)
@@ -61,6 +91,7 @@ request_recv (struct connection *conn, struct work *w)
   struct validate_state st;
   struct request *r = &w->req;
 
+  w->big = false;
   if (atomic_load (&conn->status) < CONN_ACTIVE)                  /* */
     return 0;
   if (conn_read (conn, &wire, sizeof wire) == -1) {
@@ -90,6 +121,10 @@ request_recv (struct connection *conn, struct work *w)
   w->buf = NULL;
   w->err = request_validate (&st, r, &w->why);                    /* */
   if (w->err == 0 && (r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE)) {
+    if (r->count > REQUEST_BIG) {
+      big_acquire (conn);
+      w->big = true;
+    }
     w->buf = thread_buffer (r->count);                            /* */
     if (w->buf == NULL) {
       w->err = ENOMEM;
@@ -318,17 +353,20 @@ protocol_worker (struct connection *conn)
       locked = true;
     }
     r = request_recv (conn, &w);
-    if (r == 1 && request_is_fast (conn, &w)) {
+    if (r == 1 && request_is_fast (conn, &w))
       request_handle (conn, true, &w);
-      continue;
+    else {
+      reply_flush (conn);
+      if (r == 1)
+        conn_maybe_add_worker (conn);
+      pthread_mutex_unlock (&conn->read_lock);                    /* */
+      locked = false;
+      if (r == 1)
+        request_handle (conn, false, &w);
     }
-    reply_flush (conn);
-    if (r == 1)
-      conn_maybe_add_worker (conn);
-    pthread_mutex_unlock (&conn->read_lock);                      /* */
-    locked = false;
+    if (w.big)
+      big_release (conn);
     if (r == 0)
       break;
-    request_handle (conn, false, &w);
   }
 }

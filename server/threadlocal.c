@@ -56,6 +56,17 @@ thread_buffer (size_t n)
   return p;
 }
 
+/* Give a large buffer back after a large request, so memory held by
+ * idle workers stays small.
+ */
+void
+thread_buffer_release (void)
+{
+  free (tstate.buf);
+  tstate.buf = NULL;
+  tstate.buf_size = 0;
+}
+
 struct nbdkit_extents *
 thread_extents (void)
 {
