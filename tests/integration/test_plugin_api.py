@@ -1,0 +1,60 @@
+"""The connection-time plugin API (nbdkit_export_name, nbdkit_peer_*,
+nbdkit_is_tls, nbdkit_printf_intern) and -D PLUGIN.FLAG=N, seen by a
+test plugin under nbdsrv and under Debian's nbdkit.
+"""
+import os
+import socket
+import subprocess
+
+import nbd
+import pytest
+
+from conftest import BUILD, NBDSRV
+
+PROBE = os.path.join(BUILD, "tests", "plugins", "nbdkit-apiprobe-plugin.so")
+
+
+def report(srv, export):
+    h = nbd.NBD()
+    h.connect_uri(srv.uri_for(export))
+    text = h.pread(4096, 0).rstrip(b"\0").decode()
+    h.shutdown()
+    return dict(line.split("=", 1) for line in text.splitlines())
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_connection_api(server, impl, readonly):
+    args = ["-D", "apiprobe.flag=7", PROBE] + (["-r"] if readonly else [])
+    got = report(server(*args, impl=impl), "foo")
+    assert got == {
+        "export": "foo",
+        "readonly": "1" if readonly else "0",
+        "is_tls": "0",
+        "peer_family": str(socket.AF_UNIX),
+        "peer_pid": str(os.getpid()),
+        "peer_uid": str(os.getuid()),
+        "peer_gid": str(os.getgid()),
+        "interned": "foo-42",
+        "flag": "7",
+    }
+
+
+def test_same_as_nbdkit(server):
+    ours = report(server(PROBE), "")
+    theirs = report(server(PROBE, impl="nbdkit"), "")
+    assert ours == theirs
+    assert ours["export"] == "" and ours["flag"] == "0"
+
+
+@pytest.mark.parametrize("arg, word", [
+    ("apiprobe.nosuch=1", "nosuch"),
+    ("other.flag=1", "other"),
+    ("apiprobe.flag", "NAME.FLAG=N"),
+])
+def test_bad_debug_flag(arg, word):
+    p = subprocess.run([NBDSRV, "-U", "-", "-D", arg, PROBE,
+                        "--run", "true"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=30)
+    lines = p.stderr.decode().strip().splitlines()
+    assert p.returncode == 1
+    assert len(lines) == 1 and word in lines[0], lines
