@@ -26,9 +26,9 @@ import pytest
 
 import nbdraw as n
 from conftest import BUILD, SANITIZER_ENV, plugin_path
+from util import SH_PLUGIN, write_script
 
 MiB = 1024 * 1024
-SH_PLUGIN = "/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-sh-plugin.so"
 DEBIAN_FILE = "/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-file-plugin.so"
 
 # Hang protection only: the point where a wait is declared stuck.
@@ -126,13 +126,6 @@ def check_other_client(srv, offset=0):
 
 def raw_client(srv, timeout=HANG):
     return n.Client(srv.sock, timeout=timeout).handshake()
-
-
-def write_script(tmp_path, name, text):
-    path = tmp_path / name
-    path.write_text(text)
-    path.chmod(0o755)
-    return str(path)
 
 
 # --------------------------------------------------- client faults

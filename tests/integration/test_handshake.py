@@ -11,12 +11,12 @@ import pytest
 
 import nbdraw as n
 from conftest import start_server
+from util import SH_PLUGIN, write_script
 
 nbd = pytest.importorskip("nbd")
 
 SIZE = 1024 * 1024
 MEMORY = ("memory", "size=1M")
-SH_PLUGIN = "/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-sh-plugin.so"
 
 # An export with a description and block sizes, whose open fails for
 # the export name "bad" (the §1.4 step 5 check).
@@ -46,10 +46,8 @@ def servers(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def described(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sh") / "described.sh"
-    path.write_text(SH_DESCRIBED)
-    path.chmod(0o755)
-    return (SH_PLUGIN, str(path))
+    return (SH_PLUGIN, write_script(tmp_path_factory.mktemp("sh"),
+                                    "described.sh", SH_DESCRIBED))
 
 
 @pytest.fixture

@@ -2,12 +2,13 @@
 connection, against nbdsrv and Debian's nbdkit.
 """
 import random
-import socket
 import threading
 import time
 
 import nbd
 import pytest
+
+from util import accepting
 
 MiB = 1024 * 1024
 NCLIENTS = 32
@@ -20,38 +21,11 @@ POLL_TIMEOUT_MS = 1000
 MAX_POLLS = 100000
 
 
-# Hang protection for a server to start accepting connections.
-READY_TIMEOUT = 60
-
-
-def wait_accepting(srv):
-    """Wait until SRV's Unix socket accepts connections.  conftest waits
-    only for the socket file, but servers bind() (creating the file)
-    before they listen(): a client that connects in between gets
-    ECONNREFUSED (seen with both nbdkit and nbdsrv)."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    for _ in range(100000):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(srv.sock)
-                return
-            except (ConnectionRefusedError, FileNotFoundError):
-                pass
-        assert srv.alive(), "%s exited during startup" % srv.impl
-        assert time.monotonic() < deadline, \
-            "%s never accepted connections on %s" % (srv.impl, srv.sock)
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def server(server):
     """conftest's server factory, returning only once the server
     accepts connections."""
-    def start(*args, **kw):
-        srv = server(*args, **kw)
-        wait_accepting(srv)
-        return srv
-    return start
+    return accepting(server)
 
 
 def region_data(i):

@@ -15,6 +15,7 @@ import nbd
 import pytest
 
 from conftest import plugin_path
+from util import block_status, connect, errno_of, export_flags
 
 OURS_UNDER_NBDKIT = os.environ.get("NBDSRV_PLUGINS_UNDER_NBDKIT") == "1"
 PAGE = 32768
@@ -29,41 +30,6 @@ def start_ours(server, name, *args):
 def start_pair(server, name, *args):
     """Our plugin and Debian's, started with the same arguments."""
     return start_ours(server, name, *args), server(name, *args, impl="nbdkit")
-
-
-def connect(srv):
-    h = nbd.NBD()
-    h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    h.connect_uri(srv.uri)
-    return h
-
-
-def export_flags(h):
-    names = ["get_size", "is_read_only", "is_rotational", "can_flush",
-             "can_fua", "can_trim", "can_zero", "can_fast_zero",
-             "can_multi_conn", "can_cache", "can_df"]
-    return {n: getattr(h, n)() for n in names}
-
-
-def block_status(h, count, offset, flags=0):
-    entries = []
-
-    def cb(metacontext, off, e, err):
-        assert metacontext == nbd.CONTEXT_BASE_ALLOCATION
-        entries.extend(e)
-        return 0
-
-    h.block_status(count, offset, cb, flags)
-    return entries
-
-
-def errno_of(fn):
-    """Run FN; return 0 on success or the errno it failed with."""
-    try:
-        fn()
-    except nbd.Error as e:
-        return e.errnum
-    return 0
 
 
 def status_queries(size):

@@ -18,33 +18,14 @@ import nbd
 import pytest
 
 from conftest import BINARIES
+from util import block_status, connect, errno_of, export_flags, start_both
 
 PAGE = 32768
 
 
-def connect(srv):
-    h = nbd.NBD()
-    h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    h.connect_uri(srv.uri)
-    return h
-
-
-def block_status(h, count, offset, flags=0):
-    entries = []
-
-    def cb(metacontext, off, e, err):
-        entries.extend(e)
-        return 0
-
-    h.block_status(count, offset, cb, flags)
-    return entries
-
-
-def export_flags(h):
-    names = ["get_size", "is_read_only", "can_flush", "can_fua",
-             "can_trim", "can_zero", "can_fast_zero", "can_multi_conn",
-             "can_cache"]
-    return {n: getattr(h, n)() for n in names}
+# The export flags compared with nbdkit's.
+FLAGS = ["get_size", "is_read_only", "can_flush", "can_fua", "can_trim",
+         "can_zero", "can_fast_zero", "can_multi_conn", "can_cache"]
 
 
 def start_or_error(server, name, args, impl, env=None):
@@ -61,7 +42,7 @@ def view(srv):
     size = h.get_size()
     data = bytes(h.pread(min(size, 1 << 20), 0)) if size else b""
     extents = block_status(h, min(size, 1 << 30), 0) if size else []
-    return export_flags(h), size, data, extents
+    return export_flags(h, FLAGS), size, data, extents
 
 
 # Files read by <FILE cases, created in the test's directory.
@@ -284,29 +265,18 @@ def test_dump_plugin(name):
 
 # ---- random ----
 
-def errno_of(fn):
-    try:
-        fn()
-    except nbd.Error as e:
-        return e.errnum
-    return 0
-
-
-def start_pair(server, name, *args):
-    return server(name, *args), server(name, *args, impl="nbdkit")
-
-
 @pytest.mark.parametrize("name", ["random", "sparse-random"])
 def test_random_flags_match_nbdkit(server, name):
-    ours, theirs = start_pair(server, name, "size=1M", "seed=1")
-    assert export_flags(connect(ours)) == export_flags(connect(theirs))
+    ours, theirs = start_both(server, name, "size=1M", "seed=1")
+    assert export_flags(connect(ours), FLAGS) == \
+        export_flags(connect(theirs), FLAGS)
 
 
 @pytest.mark.parametrize("name", ["random", "sparse-random"])
 def test_random_no_size_is_empty_like_nbdkit(server, name):
     """The man pages call size= required, but nbdkit 1.32 serves an
     empty disk without it; so do we."""
-    ours, theirs = start_pair(server, name)
+    ours, theirs = start_both(server, name)
     assert connect(ours).get_size() == connect(theirs).get_size() == 0
 
 
@@ -363,7 +333,7 @@ def test_random_bytes_look_random(server):
 
 
 def test_random_writes_checked_like_nbdkit(server):
-    ours, theirs = start_pair(server, "random", "size=1M", "seed=1")
+    ours, theirs = start_both(server, "random", "size=1M", "seed=1")
     for srv in [ours, theirs]:
         h = connect(srv)
         same = bytes(h.pread(10000, 5))
@@ -422,7 +392,7 @@ def test_sparse_random_percent_like_nbdkit(server, percent):
     args = ["size=%d" % size, "seed=11", "percent=%d" % percent,
             "runlength=1048576"]
     shares = []
-    for srv in start_pair(server, "sparse-random", *args):
+    for srv in start_both(server, "sparse-random", *args):
         h = connect(srv)
         emap = extents_map(h, size)
         shares.append(data_share(emap, size))
@@ -443,7 +413,7 @@ def test_sparse_random_run_lengths(server):
     """Data runs average about runlength=, like nbdkit's."""
     size = 64 << 30
     means = []
-    for srv in start_pair(server, "sparse-random", "size=%d" % size,
+    for srv in start_both(server, "sparse-random", "size=%d" % size,
                           "seed=3", "runlength=8388608"):
         emap = extents_map(connect(srv), size)
         runs = [l for o, l, t in emap if t == 0]
@@ -476,7 +446,7 @@ def test_sparse_random_block_content(server, random_content):
 def test_sparse_random_writes_like_nbdkit(server):
     """Writes must match what is there; zero and trim only on holes."""
     args = ["size=1G", "seed=1", "percent=50", "runlength=1048576"]
-    for srv in start_pair(server, "sparse-random", *args):
+    for srv in start_both(server, "sparse-random", *args):
         h = connect(srv)
         emap = extents_map(h, 1 << 30)
         d_off = next(o for o, l, t in emap if t == 0)

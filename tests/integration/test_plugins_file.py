@@ -17,6 +17,8 @@ import nbd
 import pytest
 
 from conftest import BINARIES
+from util import block_status, connect, errno_of
+from util import export_flags as common_export_flags
 
 PAGE = 65536
 
@@ -88,46 +90,10 @@ def start_pair(server, name, args_of_dir, dirs, readonly=False):
     return ours, theirs
 
 
-def connect(srv, export=None):
-    h = nbd.NBD()
-    h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    if export is None:
-        h.connect_uri(srv.uri)
-    else:
-        h.connect_uri(srv.uri_for(export))
-    return h
-
-
 def export_flags(h):
-    names = ["get_size", "is_read_only", "is_rotational", "can_flush",
-             "can_fua", "can_trim", "can_zero", "can_fast_zero",
-             "can_multi_conn", "can_cache", "can_df",
-             "can_meta_context"]
-    out = {}
-    for n in names:
-        fn = getattr(h, n)
-        out[n] = fn(nbd.CONTEXT_BASE_ALLOCATION) if n == "can_meta_context" \
-            else fn()
-    return out
-
-
-def block_status(h, count, offset, flags=0):
-    entries = []
-
-    def cb(metacontext, off, e, err):
-        entries.extend(e)
-        return 0
-
-    h.block_status(count, offset, cb, flags)
-    return entries
-
-
-def errno_of(fn):
-    try:
-        fn()
-    except nbd.Error as e:
-        return e.errnum
-    return 0
+    """The common export flags, and whether base:allocation is offered."""
+    return dict(common_export_flags(h), can_meta_context=h.can_meta_context(
+        nbd.CONTEXT_BASE_ALLOCATION))
 
 
 def read_queries(size, seed):

@@ -11,6 +11,8 @@ import nbd
 import pytest
 
 from conftest import BINARIES
+from util import (block_status, connect, errno_of, export_flags,
+                  start_both, write_script)
 
 PAGE = 32768
 
@@ -54,51 +56,6 @@ case "$1" in
   *) exit 2 ;;
 esac
 """
-
-
-def write_script(tmp_path, name, text):
-    path = tmp_path / name
-    path.write_text(text)
-    path.chmod(0o755)
-    return str(path)
-
-
-def start_both(server, *args):
-    return [server(*args, impl=impl) for impl in ("nbdsrv", "nbdkit")]
-
-
-def connect(srv, export=""):
-    h = nbd.NBD()
-    h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    h.set_export_name(export)
-    h.connect_uri(srv.uri)
-    return h
-
-
-def export_flags(h):
-    names = ["get_size", "is_read_only", "is_rotational", "can_flush",
-             "can_fua", "can_trim", "can_zero", "can_fast_zero",
-             "can_multi_conn", "can_cache", "can_df"]
-    return {n: getattr(h, n)() for n in names}
-
-
-def block_status(h, count, offset, flags=0):
-    entries = []
-
-    def cb(metacontext, off, e, err):
-        entries.extend(e)
-        return 0
-
-    h.block_status(count, offset, cb, flags)
-    return entries
-
-
-def errno_of(fn):
-    try:
-        fn()
-    except nbd.Error as e:
-        return e.errnum
-    return 0
 
 
 def same(handles, fn):

@@ -15,12 +15,12 @@ import pytest
 
 import nbdraw as n
 from conftest import start_server
+from util import SH_PLUGIN, write_script
 
 nbd = pytest.importorskip("nbd")
 
 SIZE = 1024 * 1024
 MEMORY = ("memory", "size=1M")
-SH_PLUGIN = "/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-sh-plugin.so"
 
 # pread fails with EIO, everything else works: a plugin-level READ
 # error (as opposed to a validation error).
@@ -46,10 +46,8 @@ def servers(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def failing(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sh") / "readeio.sh"
-    path.write_text(SH_READ_EIO)
-    path.chmod(0o755)
-    return (SH_PLUGIN, str(path))
+    return (SH_PLUGIN, write_script(tmp_path_factory.mktemp("sh"),
+                                    "readeio.sh", SH_READ_EIO))
 
 
 @pytest.fixture

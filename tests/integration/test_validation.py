@@ -19,13 +19,13 @@ import pytest
 
 import nbdraw as n
 from conftest import start_server
+from util import SH_PLUGIN, write_script
 
 nbd = pytest.importorskip("nbd")
 
 SIZE = 1024 * 1024
 BIG = 128 * 1024 * 1024
 MAXREQ = n.MAX_REQUEST_SIZE
-SH_PLUGIN = "/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-sh-plugin.so"
 
 # --- test plugins -------------------------------------------------------
 
@@ -143,10 +143,7 @@ def plugins(tmp_path_factory):
     for name, text in (("minimal", SH_MINIMAL),
                        ("nofastzero", SH_NO_FAST_ZERO),
                        ("errno", SH_ERRNO)):
-        path = d / (name + ".sh")
-        path.write_text(text)
-        path.chmod(0o755)
-        out[name] = (SH_PLUGIN, str(path))
+        out[name] = (SH_PLUGIN, write_script(d, name + ".sh", text))
     src = d / "testerrno.c"
     src.write_text(C_ERRNO)
     so = d / "nbdkit-testerrno-plugin.so"
@@ -606,10 +603,8 @@ esac
 
 @pytest.fixture(scope="module")
 def blocksize_plugin(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bs") / "blocksize.sh"
-    path.write_text(SH_BLOCKSIZE)
-    path.chmod(0o755)
-    return (SH_PLUGIN, str(path))
+    return (SH_PLUGIN, write_script(tmp_path_factory.mktemp("bs"),
+                                    "blocksize.sh", SH_BLOCKSIZE))
 
 
 def test_unaligned_ok_unless_block_size_requested(servers, blocksize_plugin,
