@@ -15,19 +15,14 @@
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 #include <nbdkit-plugin.h>
 
+#include "size-param.h"
+
 static int64_t size = 0;        /* virtual disk size */
 
 static int
 pattern_config (const char *key, const char *value)
 {
-  if (strcmp (key, "size") == 0) {
-    size = nbdkit_parse_size (value);
-    if (size == -1)
-      return -1;
-    return 0;
-  }
-  nbdkit_error ("unknown parameter '%s'", key);
-  return -1;
+  return size_param_config (key, value, &size);
 }
 
 #define pattern_config_help \
