@@ -49,16 +49,14 @@ uri_escape (FILE *fp, const char *s)
   }
 }
 
-/* "localhost" unless -i names some other address. */
+/* The -i address when given: nbdkit says "localhost" even for
+ * -i 127.0.0.1, which fails for clients that resolve localhost to ::1
+ * first.
+ */
 static const char *
 uri_host (void)
 {
-  const char *ip = cfg.ipaddr;
-
-  if (ip == NULL || strcmp (ip, "127.0.0.1") == 0 || strcmp (ip, "::1") == 0
-      || strcmp (ip, "localhost") == 0)
-    return "localhost";
-  return ip;
+  return cfg.ipaddr ? cfg.ipaddr : "localhost";
 }
 
 char *
@@ -72,7 +70,7 @@ uri_new (const struct listeners *l)
   if (fp == NULL)
     return NULL;
   /* The same shapes as nbdkit's $uri: nbd+unix://?socket=PATH and
-   * nbd://localhost:PORT, with /EXPORT only when there is one.
+   * nbd://HOST:PORT, with /EXPORT only when there is one.
    */
   if (l->unixpath) {
     fputs ("nbd+unix://", fp);
