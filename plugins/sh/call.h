@@ -102,4 +102,37 @@ extern int sh_extents (void *handle, uint32_t count, uint64_t offset,
 extern int sh_cache (void *handle, uint32_t count, uint64_t offset,
                      uint32_t flags);
 
+/* The callbacks sh and eval share: every one runs a script method
+ * (methods.c).  Used inside both plugins' struct nbdkit_plugin.
+ */
+#define SH_SCRIPT_CALLBACKS \
+  .get_ready          = sh_get_ready, \
+  .after_fork         = sh_after_fork, \
+  .preconnect         = sh_preconnect, \
+  .list_exports       = sh_list_exports, \
+  .default_export     = sh_default_export, \
+  .open               = sh_open, \
+  .close              = sh_close, \
+  .export_description = sh_export_description, \
+  .get_size           = sh_get_size, \
+  .block_size         = sh_block_size, \
+  .can_write          = sh_can_write, \
+  .can_flush          = sh_can_flush, \
+  .is_rotational      = sh_is_rotational, \
+  .can_trim           = sh_can_trim, \
+  .can_zero           = sh_can_zero, \
+  .can_fast_zero      = sh_can_fast_zero, \
+  .can_extents        = sh_can_extents, \
+  .can_fua            = sh_can_fua, \
+  .can_multi_conn     = sh_can_multi_conn, \
+  .can_cache          = sh_can_cache, \
+  .pread              = sh_pread, \
+  .pwrite             = sh_pwrite, \
+  .flush              = sh_flush, \
+  .trim               = sh_trim, \
+  .zero               = sh_zero, \
+  .extents            = sh_extents, \
+  .cache              = sh_cache, \
+  .errno_is_preserved = 1,
+
 #endif /* NBDSRV_SH_CALL_H */
