@@ -405,32 +405,44 @@ conns_shutdown_all (void)
 }
 
 /* Wait for every connection to close.  A client that stopped reading
- * can hold a worker in writev forever, so after GRACE_SECONDS the
- * remaining connections are cut.
+ * can hold a worker in writev forever, so GRACE_SECONDS after shutdown
+ * began the remaining connections are cut; a plugin call that never
+ * returns cannot be cut, so after another GRACE_SECONDS we give up.
+ * Returns 0, or -1 if connections are still open.
  */
 #define GRACE_SECONDS 10
 
-void
+int
 conns_wait_all (void)
 {
   struct timespec deadline;
   bool cut = false;
+  int r = 0;
 
   clock_gettime (CLOCK_REALTIME, &deadline);
   deadline.tv_sec += GRACE_SECONDS;
   pthread_mutex_lock (&conns_lock);
-  while (nconns > 0) {
+  while (nconns > 0 && r == 0) {
     if (pthread_cond_timedwait (&conns_cond, &conns_lock, &deadline)
-        == ETIMEDOUT && !cut) {
-      for (struct connection *c = conns; c; c = c->next) {
-        conn_set_status (c, CONN_DEAD);
-        if (c->is_socket)
-          shutdown (c->fd_in, SHUT_RDWR);
-      }
-      server_error ("%u client(s) did not finish within %d seconds of "
-                    "shutdown: disconnected", nconns, GRACE_SECONDS);
-      cut = true;
+        != ETIMEDOUT)
+      continue;
+    if (cut) {
+      server_error ("%u client(s) still busy in the plugin %d seconds "
+                    "after they were cut: exiting without them",
+                    nconns, 2 * GRACE_SECONDS);
+      r = -1;
+      break;
     }
+    for (struct connection *c = conns; c; c = c->next) {
+      conn_set_status (c, CONN_DEAD);
+      if (c->is_socket)
+        shutdown (c->fd_in, SHUT_RDWR);
+    }
+    server_error ("%u client(s) did not finish within %d seconds of "
+                  "shutdown: disconnected", nconns, GRACE_SECONDS);
+    cut = true;
+    deadline.tv_sec += GRACE_SECONDS;
   }
   pthread_mutex_unlock (&conns_lock);
+  return r;
 }

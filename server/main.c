@@ -560,7 +560,12 @@ main (int argc, char **argv)
   acceptors_wait (false);
   listeners_close (&l);
   conns_shutdown_all ();
-  conns_wait_all ();
+  if (conns_wait_all () == -1) {
+    /* A plugin call is stuck: unloading under it would crash. */
+    if (cfg.pidfile)
+      unlink (cfg.pidfile);
+    _exit (EXIT_FAILURE);
+  }
   acceptors_wait (true);
   plugin_unload ();
   if (cfg.pidfile)

@@ -104,3 +104,32 @@ def test_max_connections_bad_value():
     assert p.returncode == 1
     assert b"--max-connections" in p.stderr
     assert len(p.stderr.decode().strip().splitlines()) == 1
+
+
+def test_sigterm_with_a_stuck_plugin(server, tmp_path):
+    """A plugin call that never returns cannot hold shutdown forever:
+    the client is cut after a grace period, and when the call still does
+    not return the server exits with status 1 and says why."""
+    pidfile = tmp_path / "pread.pid"
+    srv = server("eval", "get_size=echo 1M",
+                 "pread=echo $$ > %s; exec sleep 600" % pidfile)
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    buf = nbd.Buffer(512)
+    h.aio_pread(buf, 0)
+    try:
+        for _ in range(1000):           # until the script runs
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            h.poll(10)
+        assert pidfile.exists(), "the plugin's pread never started"
+        srv.proc.send_signal(15)
+        assert srv.proc.wait(120) == 1
+        err = srv.proc.stderr.read().decode()
+        assert "still busy in the plugin" in err, err
+    finally:
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), 9)
+            except (ProcessLookupError, ValueError):
+                pass
