@@ -18,6 +18,15 @@ UNIT_DIR = os.path.join(BUILD, "tests", "unit")
 # Hang protection only: a unit test that runs this long is stuck.
 UNIT_TIMEOUT = 600
 
+# For a SANITIZE=1 build (ignored otherwise): UBSan stops at the first
+# error so the test fails, and an allocation too large to satisfy
+# returns NULL as glibc's does, instead of aborting, so the tests of
+# out-of-memory paths run the same as unsanitized.
+UNIT_ENV = dict(os.environ)
+UNIT_ENV.setdefault("ASAN_OPTIONS",
+                    "detect_leaks=1:allocator_may_return_null=1")
+UNIT_ENV.setdefault("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1")
+
 
 def find_unit_tests():
     """Return the built unit-test executables, sorted by name."""
@@ -46,6 +55,7 @@ def test_unit(path):
                               stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT,
+                              env=UNIT_ENV,
                               timeout=UNIT_TIMEOUT)
     except subprocess.TimeoutExpired as exc:
         out = (exc.output or b"").decode(errors="replace")
