@@ -65,6 +65,10 @@ conn_new (int fd_in, int fd_out)
     conn->peer_len = 0;
   atomic_init (&conn->status, CONN_ACTIVE);
   atomic_init (&conn->readers_waiting, 0);
+  /* Until calls are measured, assume they are slow: a plugin whose
+   * first call hangs must not hold up the requests behind it.
+   */
+  atomic_init (&conn->call_ns, INLINE_MAX_NS);
   pthread_mutex_init (&conn->read_lock, NULL);
   pthread_mutex_init (&conn->write_lock, NULL);
   pthread_mutex_init (&conn->workers_lock, NULL);

@@ -20,6 +20,9 @@ enum conn_status {
 #define CONN_RBUF_SIZE (128 * 1024)
 #define CONN_OBUF_SIZE (256 * 1024)
 
+/* Backend calls averaging under this run inline (protocol.c). */
+#define INLINE_MAX_NS 10000
+
 struct connection {
   unsigned id;                  /* for log lines, from 1 */
   int fd_in, fd_out;            /* one socket, or stdin/stdout for -s */

@@ -23,12 +23,12 @@
 
 /* A request is run inline by the worker holding the read lock, its
  * reply batched, when backend calls on this connection have recently
- * taken less than this on average, and it moves at most INLINE_MAX_DATA
- * bytes.  Handing a request to another thread costs a wake-up and a
- * context switch (several microseconds), more than a fast plugin takes
- * to answer; slow requests still run in parallel.
+ * taken less than INLINE_MAX_NS (connection.h) on average, and it moves
+ * at most INLINE_MAX_DATA bytes.  Handing a request to another thread
+ * costs a wake-up and a context switch (several microseconds), more
+ * than a fast plugin takes to answer; slow requests still run in
+ * parallel.
  */
-#define INLINE_MAX_NS 10000
 #define INLINE_MAX_DATA (64 * 1024)
 
 /* At most REQUEST_BIG_MAX requests above REQUEST_BIG bytes are in

@@ -25,6 +25,7 @@
 
 #define LISTEN_BACKLOG 1024
 #define FIRST_ACTIVATION_FD 3   /* sd_listen_fds(3) */
+#define UNIX_SOCKET_BUFFER (4 * 1024 * 1024)
 
 static int
 add_fd (struct listeners *l, int fd)
@@ -229,6 +230,15 @@ conn_accepted (int fd)
     setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (cfg.keepalive)
       setsockopt (fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+  }
+  else if (ss.ss_family == AF_UNIX) {
+    /* Unix sockets do not autotune: with the default (about 200 KiB) a
+     * 1 MiB reply or payload crosses in several sleeps and wake-ups.
+     */
+    int size = UNIX_SOCKET_BUFFER;
+
+    setsockopt (fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    setsockopt (fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
   }
   conn = conn_new (fd, fd);
   if (conn == NULL)
