@@ -259,9 +259,12 @@ static unsigned acceptors;              /* alive, under acceptors_lock */
 static pthread_mutex_t acceptors_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t acceptors_cond = PTHREAD_COND_INITIALIZER;
 
-/* Wait for the next client on any listener.  Listeners are
- * non-blocking, so an acceptor that loses the race to another just
- * waits again.  Returns -1 once the server is quitting.
+/* Wait for the next client.  With one listener (the usual case) the
+ * acceptors block in accept(), where the kernel wakes exactly one of
+ * them per client; with several they poll the non-blocking listeners
+ * and the losers of a race just wait again.  Returns -1 once the
+ * server is quitting (accept_loop shuts the listeners down to wake
+ * blocked acceptors).
  */
 static int
 accept_next (const struct listeners *l)
@@ -273,20 +276,22 @@ accept_next (const struct listeners *l)
     fds[i] = (struct pollfd) { .fd = l->fds[i], .events = POLLIN };
   fds[n] = (struct pollfd) { .fd = quit_fd, .events = POLLIN };
   while (!quit) {
-    if (poll (fds, n + 1, -1) == -1 && errno != EINTR) {
+    if (n > 1 && poll (fds, n + 1, -1) == -1 && errno != EINTR) {
       server_error ("poll: %m");
       return -1;
     }
     for (size_t i = 0; i < n && !quit; i++) {
       int fd;
 
-      if (!(fds[i].revents & POLLIN))
+      if (n > 1 && !(fds[i].revents & POLLIN))
         continue;
       fd = accept4 (fds[i].fd, NULL, NULL, SOCK_CLOEXEC);
       if (fd >= 0)
         return fd;
-      if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED)
-        server_error ("accept: %m");
+      if (quit || errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
+        continue;
+      server_error ("accept: %m");
+      poll (NULL, 0, 100);      /* EMFILE and the like: do not spin */
     }
   }
   return -1;
@@ -361,13 +366,17 @@ accept_loop (struct listeners *l)
 {
   struct pollfd pfd = { .fd = quit_fd, .events = POLLIN };
 
-  for (size_t i = 0; i < l->n; i++)
-    fcntl (l->fds[i], F_SETFL, fcntl (l->fds[i], F_GETFL) | O_NONBLOCK);
+  if (l->n > 1)
+    for (size_t i = 0; i < l->n; i++)
+      fcntl (l->fds[i], F_SETFL, fcntl (l->fds[i], F_GETFL) | O_NONBLOCK);
   for (int i = 0; i < ACCEPTORS_IDLE_MAX; i++)
     if (acceptor_spawn (l) == -1)
       quit_set ();
   while (!quit)
     poll (&pfd, 1, -1);
+  /* Wake acceptors blocked in accept(): it fails once shut down. */
+  for (size_t i = 0; i < l->n; i++)
+    shutdown (l->fds[i], SHUT_RD);
 }
 
 /* After quit.  ALL false: wait until no acceptor is waiting on the
