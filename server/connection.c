@@ -28,7 +28,7 @@ static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t conns_cond = PTHREAD_COND_INITIALIZER;
 static struct connection *conns;
 static unsigned nconns;
-unsigned conns_served;
+static unsigned conns_served;        /* ids handed out so far */
 
 /* SERIALIZE_CONNECTIONS: one connection at a time in the process. */
 static pthread_mutex_t connection_lock = PTHREAD_MUTEX_INITIALIZER;

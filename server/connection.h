@@ -81,7 +81,6 @@ void conn_set_status (struct connection *conn, enum conn_status s);
 void conn_maybe_add_worker (struct connection *conn);
 void conns_shutdown_all (void);
 int conns_wait_all (void);
-extern unsigned conns_served;
 
 /* handshake.c: 0 when transmission starts, -1 to close. */
 int handshake (struct connection *conn);
