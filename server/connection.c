@@ -103,7 +103,7 @@ conn_free (struct connection *conn)
   struct connection **pp;
 
   thread_state ()->conn = conn;
-  if (conn->exp_open)
+  if (conn->exp.handle)
     backend_close (&conn->exp);
   thread_state ()->conn = NULL;
   intern_set_free (&conn->interned);

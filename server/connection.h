@@ -39,8 +39,7 @@ struct connection {
   char *meta_export;            /* owned: name SET_META_CONTEXT saw */
   bool listed;                  /* NBD_OPT_LIST answered once */
   uint32_t align;               /* V-16: minimum block size to enforce */
-  bool exp_open;
-  struct export exp;
+  struct export exp;            /* open while exp.handle != NULL */
 
   /* Receive side: only the holder of read_lock reads the socket. */
   pthread_mutex_t read_lock;

@@ -153,17 +153,9 @@ export_open (struct connection *conn, const char *name)
   }
   if (backend_open (&conn->exp, resolved, cfg.readonly) == -1)
     return -1;
-  conn->exp_open = true;
   if (conn->structured)
     conn->exp.caps.eflags |= NBD_FLAG_SEND_DF;      /* */
   return 0;
-}
-
-static void
-export_close (struct connection *conn)
-{
-  backend_close (&conn->exp);
-  conn->exp_open = false;
 }
 
 /* NBD_OPT_EXPORT_NAME: cannot return an error, so failures disconnect. */
@@ -274,7 +266,7 @@ opt_info_go (struct connection *conn, uint32_t option,
     return -1;
   if (option == NBD_OPT_GO)
     return 1;
-  export_close (conn);
+  backend_close (&conn->exp);
   return 0;
 }
 

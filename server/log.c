@@ -102,22 +102,19 @@ server_debug (const char *fmt, ...)
 }
 
 /* The plugin API.  nbdkit_error also remembers the text for the reply. */
+/* Format once into the thread's last_error, then log that text. */
 void
 nbdkit_verror (const char *fmt, va_list args)
 {
   struct thread_state *ts = thread_state ();
   int saved_errno = errno;
-  va_list copy;
   int n;
 
-  va_copy (copy, args);
-  n = vsnprintf (ts->last_error, sizeof ts->last_error, fmt, copy);
-  va_end (copy);
+  n = vsnprintf (ts->last_error, sizeof ts->last_error, fmt, args);
   ts->last_error_len = n < 0 ? 0 :
     (size_t) n < sizeof ts->last_error ? (size_t) n
     : sizeof ts->last_error - 1;
-  errno = saved_errno;
-  log_msg (true, fmt, args);
+  server_error ("%s", ts->last_error);
   errno = saved_errno;
 }
 

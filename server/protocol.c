@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "internal.h"
+#include "minmax.h"
 #include "connection.h"
 #include "protocol.h"
 #include "reply.h"
@@ -192,8 +193,10 @@ do_block_status (struct connection *conn, bool batch,
   if (backend_extents (&conn->exp, r->count, r->offset, plugin_flags (r),
                        e, err) == -1)
     return -1;
-  max = req_one ? 1 : e->len < BLOCKSTATUS_MAX_DESC ? e->len * 2 + 1
-    : BLOCKSTATUS_MAX_DESC;
+  /* The request is under 4 GiB, so only the extent that reaches its
+   * end can need a second (split) descriptor: len + 1 is enough.
+   */
+  max = req_one ? 1 : MIN (e->len + 1, (size_t) BLOCKSTATUS_MAX_DESC);
   desc = thread_buffer (max * sizeof *desc);
   if (desc == NULL) {
     *err = ENOMEM;
