@@ -252,7 +252,7 @@ reply_failure (struct connection *conn, bool batch, const struct work *w,
   int len;
 
   if (!conn->structured) {
-    reply_simple (conn, batch, r->cookie, nbd_err, NULL, 0);
+    reply_simple (conn, batch, r->cookie, nbd_err);
     return;
   }
   if (w->why)
@@ -316,12 +316,10 @@ request_handle (struct connection *conn, bool batch, struct work *w)
     reply_failure (conn, batch, w, err);
     return;
   }
-  if (r->type == NBD_CMD_READ && conn->structured)
-    reply_read_data (conn, batch, r->cookie, r->offset, w->buf, r->count);
-  else if (r->type == NBD_CMD_READ)
-    reply_simple (conn, batch, r->cookie, 0, w->buf, r->count);
+  if (r->type == NBD_CMD_READ)
+    reply_read (conn, batch, r->cookie, r->offset, w->buf, r->count);
   else
-    reply_simple (conn, batch, r->cookie, 0, NULL, 0);
+    reply_simple (conn, batch, r->cookie, 0);
 }
 
 static bool

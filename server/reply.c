@@ -83,31 +83,62 @@ structured_header (struct nbd_structured_reply *h, uint64_t cookie,
 }
 
 int
-reply_simple (struct connection *conn, bool batch, uint64_t cookie, uint32_t error,
-              const void *data, size_t len)
+reply_simple (struct connection *conn, bool batch, uint64_t cookie,
+              uint32_t error)
 {
   struct nbd_simple_reply h = {
     .magic = htobe32 (NBD_SIMPLE_REPLY_MAGIC),
     .error = htobe32 (error),
     .cookie = cookie,
   };
-  struct iovec iov[2] = { { &h, sizeof h }, { (void *) data, len } };
+  struct iovec iov = { &h, sizeof h };
 
-  return reply_send (conn, batch, iov, len ? 2 : 1);
+  return reply_send (conn, batch, &iov, 1);
+}
+
+/* A successful READ's header: simple, or an OFFSET_DATA chunk (R-18)
+ * when structured replies are on.
+ */
+struct read_chunk_header {
+  struct nbd_structured_reply h;
+  uint64_t offset;
+} __attribute__ ((__packed__));
+
+/* Build the header into BUF; returns its size. */
+static size_t
+read_header_build (const struct connection *conn, void *buf,
+                   uint64_t cookie, uint64_t offset, uint32_t len)
+{
+  if (conn->structured) {
+    struct read_chunk_header h;
+
+    structured_header (&h.h, cookie, NBD_REPLY_TYPE_OFFSET_DATA, 8 + len);
+    h.offset = htobe64 (offset);
+    memcpy (buf, &h, sizeof h);
+    return sizeof h;
+  }
+  else {
+    struct nbd_simple_reply h = {
+      .magic = htobe32 (NBD_SIMPLE_REPLY_MAGIC),
+      .error = 0,
+      .cookie = cookie,
+    };
+
+    memcpy (buf, &h, sizeof h);
+    return sizeof h;
+  }
 }
 
 int
-reply_read_data (struct connection *conn, bool batch, uint64_t cookie, uint64_t offset,
-                 const void *data, uint32_t len)
+reply_read (struct connection *conn, bool batch, uint64_t cookie,
+            uint64_t offset, const void *data, uint32_t len)
 {
-  struct {
-    struct nbd_structured_reply h;
-    uint64_t offset;
-  } __attribute__ ((__packed__)) hdr;
-  struct iovec iov[2] = { { &hdr, sizeof hdr }, { (void *) data, len } };
+  char hdr[sizeof (struct read_chunk_header)];
+  struct iovec iov[2] = {
+    { hdr, read_header_build (conn, hdr, cookie, offset, len) },
+    { (void *) data, len },
+  };
 
-  structured_header (&hdr.h, cookie, NBD_REPLY_TYPE_OFFSET_DATA, 8 + len);
-  hdr.offset = htobe64 (offset);
   return reply_send (conn, batch, iov, 2);
 }
 
@@ -115,8 +146,8 @@ reply_read_data (struct connection *conn, bool batch, uint64_t cookie, uint64_t 
  * a UTF-8 character boundary).
  */
 int
-reply_error (struct connection *conn, bool batch, uint64_t cookie, uint32_t error,
-             const char *msg, size_t msglen)
+reply_error (struct connection *conn, bool batch, uint64_t cookie,
+             uint32_t error, const char *msg, size_t msglen)
 {
   struct {
     struct nbd_structured_reply h;

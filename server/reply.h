@@ -14,9 +14,9 @@ struct connection;
 struct nbd_block_descriptor;
 
 int reply_simple (struct connection *conn, bool batch, uint64_t cookie,
-                  uint32_t error, const void *data, size_t len);
-int reply_read_data (struct connection *conn, bool batch, uint64_t cookie,
-                     uint64_t offset, const void *data, uint32_t len);
+                  uint32_t error);
+int reply_read (struct connection *conn, bool batch, uint64_t cookie,
+                uint64_t offset, const void *data, uint32_t len);
 int reply_error (struct connection *conn, bool batch, uint64_t cookie,
                  uint32_t error, const char *msg, size_t msglen);
 int reply_block_status (struct connection *conn, bool batch,
