@@ -189,6 +189,36 @@ opt_export_name (struct connection *conn, const char *data, uint32_t len)
   return 1;
 }
 
+/* One requested NBD_INFO_* reply (§1.4 step 7).  NAME is the name the
+ * client asked for.
+ */
+static int
+send_info (struct connection *conn, uint32_t option, uint16_t type,
+           const char *name)
+{
+  const struct export *exp = &conn->exp;
+
+  switch (type) {
+  case NBD_INFO_NAME:
+    return send_info_string (conn, option, NBD_INFO_NAME,
+                             *name ? name : exp->name);
+  case NBD_INFO_DESCRIPTION:
+    if (exp->description == NULL)
+      return 0;
+    return send_info_string (conn, option, NBD_INFO_DESCRIPTION,
+                             exp->description);
+  case NBD_INFO_BLOCK_SIZE:
+    if (exp->caps.block_min == 0)
+      return 0;
+    /* V-16: the client asked for the sizes, so it must honour them. */
+    if (option == NBD_OPT_GO && exp->caps.block_min > 1)
+      conn->align = exp->caps.block_min;
+    return send_info_block_size (conn, option);
+  default:                      /* EXPORT again, or unknown: ignored */
+    return 0;
+  }
+}
+
 /* NBD_OPT_INFO and NBD_OPT_GO, checked in the order of §1.4. */
 static int
 opt_info_go (struct connection *conn, uint32_t option,
@@ -235,31 +265,9 @@ opt_info_go (struct connection *conn, uint32_t option,
     return -1;
   for (unsigned i = 0; i < nreqs; i++) {
     uint16_t type;
-    int r = 0;
 
     memcpy (&type, data + 4 + namelen + 2 + 2 * i, 2);
-    switch (be16toh (type)) {
-    case NBD_INFO_NAME:
-      r = send_info_string (conn, option, NBD_INFO_NAME,
-                            *name ? name : conn->exp.name);
-      break;
-    case NBD_INFO_DESCRIPTION:
-      if (conn->exp.description)
-        r = send_info_string (conn, option, NBD_INFO_DESCRIPTION,
-                              conn->exp.description);
-      break;
-    case NBD_INFO_BLOCK_SIZE:
-      if (conn->exp.caps.block_min) {
-        r = send_info_block_size (conn, option);
-        /* V-16: the client asked for the sizes, so it must honour them. */
-        if (option == NBD_OPT_GO && conn->exp.caps.block_min > 1)
-          conn->align = conn->exp.caps.block_min;
-      }
-      break;
-    default:                    /* EXPORT again, or unknown: ignored */
-      break;
-    }
-    if (r == -1)
+    if (send_info (conn, option, be16toh (type), name) == -1)
       return -1;
   }
   if (send_ack (conn, option) == -1)
