@@ -55,6 +55,7 @@ def test_list_exports(exports_server):
                                                      "gamma")]
 
 
+@pytest.mark.nbdkit_plugin
 def test_list_same_under_both_servers(server):
     outs = {}
     for impl in ("nbdsrv", "nbdkit"):
@@ -146,6 +147,7 @@ def test_dash_e_names_the_run_export(tmp_path, impl):
     assert e["export-size"] == SIZES["gamma"]
 
 
+@pytest.mark.nbdkit_plugin
 def test_info_same_under_both_servers(server):
     """nbdinfo of each export, and of the default one, is identical."""
     outs = {}

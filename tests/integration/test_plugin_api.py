@@ -39,6 +39,7 @@ def test_connection_api(server, impl, readonly):
     }
 
 
+@pytest.mark.nbdkit_plugin
 def test_same_as_nbdkit(server):
     ours = report(server(PROBE), "")
     theirs = report(server(PROBE, impl="nbdkit"), "")
