@@ -887,8 +887,10 @@ def render(rows, markdown=False):
 
 
 def best_of(summary, keys, case, field="value"):
+    """The highest FIELD of CASE among the servers KEYS that ran it."""
     vals = [summary[k][case][field] for k in keys
-            if k in summary and summary[k][case][field] is not None]
+            if case in summary.get(k, {})
+            and summary[k][case][field] is not None]
     return max(vals) if vals else None
 
 
