@@ -30,6 +30,15 @@ static struct connection *conns;
 static unsigned nconns;
 static unsigned conns_served;        /* ids handed out so far */
 
+/* The average backend call time (as call_ns) of the last connection
+ * that made calls.  A new connection starts from it, so once the
+ * plugin has shown itself fast a client that asks one thing and leaves
+ * gets its answer inline, without a second thread.  The first
+ * connection assumes slow: a plugin whose first call hangs must not
+ * hold up the requests behind it.
+ */
+static atomic_uint recent_call_ns = INLINE_MAX_NS;
+
 /* SERIALIZE_CONNECTIONS: one connection at a time in the process. */
 static pthread_mutex_t connection_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -43,7 +52,8 @@ now_ms (void)
 }
 
 struct connection *
-conn_new (int fd_in, int fd_out)
+conn_new (int fd_in, int fd_out, const struct sockaddr_storage *peer,
+          socklen_t peer_len)
 {
   struct connection *conn = calloc (1, sizeof *conn);
 
@@ -57,18 +67,23 @@ conn_new (int fd_in, int fd_out)
   }
   conn->fd_in = fd_in;
   conn->fd_out = fd_out;
-  conn->peer_len = sizeof conn->peer;
-  conn->is_socket =
-    getpeername (fd_in, (struct sockaddr *) &conn->peer,
-                 &conn->peer_len) == 0 || errno != ENOTSOCK;
-  if (!conn->is_socket)
-    conn->peer_len = 0;
+  if (peer) {
+    conn->peer_len = MIN (peer_len, (socklen_t) sizeof conn->peer);
+    memcpy (&conn->peer, peer, conn->peer_len);
+    conn->is_socket = true;
+  }
+  else {
+    conn->peer_len = sizeof conn->peer;
+    conn->is_socket =
+      getpeername (fd_in, (struct sockaddr *) &conn->peer,
+                   &conn->peer_len) == 0 || errno != ENOTSOCK;
+    if (!conn->is_socket)
+      conn->peer_len = 0;
+  }
   atomic_init (&conn->status, CONN_ACTIVE);
   atomic_init (&conn->readers_waiting, 0);
-  /* Until calls are measured, assume they are slow: a plugin whose
-   * first call hangs must not hold up the requests behind it.
-   */
-  atomic_init (&conn->call_ns, INLINE_MAX_NS);
+  conn->call_ns_start = atomic_load (&recent_call_ns);
+  atomic_init (&conn->call_ns, conn->call_ns_start);
   pthread_mutex_init (&conn->read_lock, NULL);
   pthread_mutex_init (&conn->write_lock, NULL);
   pthread_mutex_init (&conn->workers_lock, NULL);
@@ -101,7 +116,10 @@ static void
 conn_free (struct connection *conn)
 {
   struct connection **pp;
+  unsigned call_ns = atomic_load (&conn->call_ns);
 
+  if (call_ns != conn->call_ns_start)  /* it made calls */
+    atomic_store (&recent_call_ns, call_ns);
   thread_state ()->conn = conn;
   if (conn->exp.handle)
     backend_close (&conn->exp);

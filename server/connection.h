@@ -48,6 +48,7 @@ struct connection {
   char *obuf;                   /* owned: batched replies (reply.c) */
   size_t olen;                  /* bytes waiting in obuf */
   atomic_uint call_ns;          /* running average of a backend call */
+  unsigned call_ns_start;       /* its value at the start */
 
   pthread_mutex_t write_lock;   /* one whole reply at a time */
 
@@ -70,7 +71,10 @@ struct connection {
 };
 
 /* connection.c */
-struct connection *conn_new (int fd_in, int fd_out);
+/* PEER: the client's address from accept(), or NULL to look it up. */
+struct connection *conn_new (int fd_in, int fd_out,
+                             const struct sockaddr_storage *peer,
+                             socklen_t peer_len);
 void conn_serve (struct connection *conn); /* runs until closed, frees */
 int conn_spawn (struct connection *conn);  /* conn_serve in a new thread */
 int conn_read (struct connection *conn, void *buf, size_t n);

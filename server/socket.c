@@ -216,22 +216,22 @@ listeners_close (struct listeners *l)
   l->unixpath = l->tmpdir = NULL;
 }
 
-/* Set up an accepted socket as a connection, or close it. */
+/* Set up an accepted socket as a connection, or close it.  PEER is the
+ * address accept() returned; its family is the listener's.
+ */
 static struct connection *
-conn_accepted (int fd)
+conn_accepted (int fd, const struct sockaddr_storage *peer,
+               socklen_t peer_len)
 {
   struct connection *conn;
-  struct sockaddr_storage ss;
-  socklen_t len = sizeof ss;
   int one = 1;
 
-  if (getsockname (fd, (struct sockaddr *) &ss, &len) == 0 &&
-      (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)) {
+  if (peer->ss_family == AF_INET || peer->ss_family == AF_INET6) {
     setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (cfg.keepalive)
       setsockopt (fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
   }
-  else if (ss.ss_family == AF_UNIX) {
+  else if (peer->ss_family == AF_UNIX) {
     /* Unix sockets do not autotune: with the default (about 200 KiB) a
      * 1 MiB reply or payload crosses in several sleeps and wake-ups.
      */
@@ -240,7 +240,7 @@ conn_accepted (int fd)
     setsockopt (fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
     setsockopt (fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
   }
-  conn = conn_new (fd, fd);
+  conn = conn_new (fd, fd, peer, peer_len);
   if (conn == NULL)
     close (fd);
   return conn;
@@ -264,10 +264,11 @@ static pthread_cond_t acceptors_cond = PTHREAD_COND_INITIALIZER;
  * them per client; with several they poll the non-blocking listeners
  * and the losers of a race just wait again.  Returns -1 once the
  * server is quitting (accept_loop shuts the listeners down to wake
- * blocked acceptors).
+ * blocked acceptors); otherwise the client's fd, its address in PEER.
  */
 static int
-accept_next (const struct listeners *l)
+accept_next (const struct listeners *l, struct sockaddr_storage *peer,
+             socklen_t *peer_len)
 {
   struct pollfd fds[sizeof l->fds / sizeof l->fds[0] + 1];
   size_t n = l->n;
@@ -285,7 +286,9 @@ accept_next (const struct listeners *l)
 
       if (n > 1 && !(fds[i].revents & POLLIN))
         continue;
-      fd = accept4 (fds[i].fd, NULL, NULL, SOCK_CLOEXEC);
+      *peer_len = sizeof *peer;
+      fd = accept4 (fds[i].fd, (struct sockaddr *) peer, peer_len,
+                    SOCK_CLOEXEC);
       if (fd >= 0)
         return fd;
       if (quit || errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
@@ -305,16 +308,17 @@ acceptor_thread (void *arg)
   struct listeners *l = arg;
 
   for (;;) {
-    int fd = accept_next (l);
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+    int fd = accept_next (l, &peer, &peer_len);
     struct connection *conn;
-
     unsigned idle;
 
     if (fd == -1)
       break;
     if (atomic_fetch_sub (&acceptors_idle, 1) == 1)
       acceptor_spawn (l);
-    conn = conn_accepted (fd);
+    conn = conn_accepted (fd, &peer, peer_len);
     if (conn)
       conn_serve (conn);
     /* Wait again only while fewer than ACCEPTORS_IDLE_MAX wait. */
@@ -399,7 +403,7 @@ acceptors_wait (bool all)
 void
 serve_single (void)
 {
-  struct connection *conn = conn_new (dup (0), dup (1));
+  struct connection *conn = conn_new (dup (0), dup (1), NULL, 0);
   int null = open ("/dev/null", O_RDWR | O_CLOEXEC);
   struct pollfd pfd = { .fd = quit_fd, .events = POLLIN };
 
