@@ -272,6 +272,33 @@ backend_pwrite (struct export *exp, const void *buf, uint32_t count,
   return flush_after ? backend_flush (exp, 0, err) : 0;
 }
 
+/* write-target.h: storage to receive a WRITE's payload into, and
+ * *TOKEN for backend_write_target_done.  Only for a PARALLEL plugin (no
+ * request lock spans the receive) and without FUA.  Returns -1 when the
+ * caller should read into a buffer and pwrite instead.
+ */
+int
+backend_write_target (struct export *exp, uint32_t count, uint64_t offset,
+                      uint32_t flags, struct iovec *iov, int *iovcnt,
+                      void **token)
+{
+  if (plugin.write_target == NULL ||
+      plugin.thread_model != NBDKIT_THREAD_MODEL_PARALLEL ||
+      (flags & NBDKIT_FLAG_FUA))
+    return -1;
+  return plugin.write_target (exp->handle, count, offset, iov, iovcnt,
+                              token);
+}
+
+/* Commit the received payload (the WRITE's result), or drop it. */
+int
+backend_write_target_done (struct export *exp, void *token, bool commit,
+                           int *err)
+{
+  CALL (plugin.write_target_done (exp->handle, token, commit));
+  return 0;
+}
+
 int
 backend_trim (struct export *exp, uint32_t count, uint64_t offset,
               uint32_t flags, int *err)

@@ -11,11 +11,13 @@
 #include "config.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 
 #include "internal.h"
@@ -362,6 +364,64 @@ conn_read (struct connection *conn, void *buf, size_t n)
     else {
       conn->rpos = 0;
       conn->rlen = r;
+    }
+  }
+  return 0;
+}
+
+/* Bytes the client has sent that no read has taken yet. */
+uint64_t
+conn_pending (struct connection *conn)
+{
+  int queued = 0;
+
+  if (conn->is_socket)
+    ioctl (conn->fd_in, FIONREAD, &queued);
+  return (uint64_t) (conn->rlen - conn->rpos) + (queued > 0 ? queued : 0);
+}
+
+/* Read exactly the bytes IOV describes (a WRITE payload received in
+ * place, R-10): what rbuf holds first, then straight from the socket.
+ * IOV is consumed.  Returns 0, or -1 with errno.
+ */
+int
+conn_readv (struct connection *conn, struct iovec *iov, int iovcnt)
+{
+  while (iovcnt > 0) {
+    size_t avail = conn->rlen - conn->rpos;
+    ssize_t r;
+
+    if (iov->iov_len == 0) {
+      iov++;
+      iovcnt--;
+      continue;
+    }
+    if (avail > 0) {
+      r = MIN (avail, iov->iov_len);
+      memcpy (iov->iov_base, conn->rbuf + conn->rpos, r);
+      conn->rpos += r;
+    }
+    else {
+      if (conn->olen && reply_flush (conn) == -1)
+        return -1;
+      do
+        r = readv (conn->fd_in, iov, MIN (iovcnt, IOV_MAX));
+      while (r == -1 && errno == EINTR);
+      if (r <= 0) {
+        if (r == 0)
+          errno = EPIPE;
+        return -1;
+      }
+    }
+    /* Step over the R bytes just filled. */
+    while (r > 0 && (size_t) r >= iov->iov_len) {
+      r -= iov->iov_len;
+      iov++;
+      iovcnt--;
+    }
+    if (r > 0) {
+      iov->iov_base = (char *) iov->iov_base + r;
+      iov->iov_len -= r;
     }
   }
   return 0;

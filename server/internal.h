@@ -14,6 +14,7 @@
 
 #define NBDKIT_API_VERSION 2
 #include "nbdkit-plugin.h"
+#include "write-target.h"
 #include "nbd-protocol.h"
 
 #define ATTRIBUTE_PRINTF(f, a) __attribute__ ((__format__ (__printf__, f, a)))
@@ -133,6 +134,9 @@ struct plugin {
   const struct nbdkit_plugin *orig; /* the plugin's own struct */
   int thread_model;             /* min (plugin's, thread_model ()) */
   struct intern_set *interned;  /* strings interned outside connections */
+  /* write-target.h, or both NULL: the plugin does not offer it. */
+  write_target_fn *write_target;
+  write_target_done_fn *write_target_done;
 };
 extern struct plugin plugin;
 
@@ -165,6 +169,11 @@ int backend_pread (struct export *exp, void *buf, uint32_t count,
                    uint64_t offset, uint32_t flags, int *err);
 int backend_pwrite (struct export *exp, const void *buf, uint32_t count,
                     uint64_t offset, uint32_t flags, int *err);
+int backend_write_target (struct export *exp, uint32_t count,
+                          uint64_t offset, uint32_t flags,
+                          struct iovec *iov, int *iovcnt, void **token);
+int backend_write_target_done (struct export *exp, void *token,
+                               bool commit, int *err);
 int backend_flush (struct export *exp, uint32_t flags, int *err);
 int backend_trim (struct export *exp, uint32_t count, uint64_t offset,
                   uint32_t flags, int *err);

@@ -132,6 +132,12 @@ plugin_load (const char *name_or_path)
     return -1;
   }
   plugin.thread_model = plugin.p._thread_model;
+  plugin.write_target = (write_target_fn *)
+    dlsym (plugin.dl, WRITE_TARGET_SYMBOL);
+  plugin.write_target_done = (write_target_done_fn *)
+    dlsym (plugin.dl, WRITE_TARGET_DONE_SYMBOL);
+  if (plugin.write_target_done == NULL)
+    plugin.write_target = NULL;
   if (plugin.p.load)
     plugin.p.load ();
   return 0;

@@ -37,6 +37,7 @@
 
 #include "iszero.h"
 #include "page-extents.h"
+#include "write-target.h"
 
 #define MEM_PAGE_BITS    15
 #define MEM_PAGE_SIZE    (UINT64_C (1) << MEM_PAGE_BITS)
@@ -69,6 +70,7 @@ static bool tree_lock_ready;
  * them, so after a large trim we ask malloc to give them back.
  */
 static uint64_t freed_bytes;
+
 #define MEM_TRIM_THRESHOLD (UINT64_C (64) << 20)
 
 /* Slot index of PAGENO in a node at LEVEL (0 = root). */
@@ -114,12 +116,12 @@ mem_page_lookup (uint64_t pageno, uint64_t *hole_pages)
   return node->slot[mem_slot_index (pageno, level)];
 }
 
-/* Return the page PAGENO, allocating it (zero-filled) and any missing
- * nodes above it.  Returns NULL with errno set on allocation failure;
- * nodes created on the way stay in the tree, empty, which is harmless.
+/* Return the last-level node that holds page PAGENO, allocating any
+ * missing nodes on the way; NULL with errno set if one cannot be.
+ * Nodes created on the way stay in the tree, empty, which is harmless.
  */
-static char *
-mem_page_get (uint64_t pageno)
+static struct mem_node *
+mem_leaf_get (uint64_t pageno)
 {
   struct mem_node *node = root;
   void **slot;
@@ -135,8 +137,21 @@ mem_page_get (uint64_t pageno)
     }
     node = *slot;
   }
+  return node;
+}
 
-  slot = &node->slot[mem_slot_index (pageno, level)];
+/* Return the page PAGENO, allocating it (zero-filled) and any missing
+ * nodes above it.  Returns NULL with errno set on allocation failure.
+ */
+static char *
+mem_page_get (uint64_t pageno)
+{
+  struct mem_node *node = mem_leaf_get (pageno);
+  void **slot;
+
+  if (node == NULL)
+    return NULL;
+  slot = &node->slot[mem_slot_index (pageno, MEM_LEVELS - 1)];
   if (*slot == NULL) {
     *slot = calloc (1, MEM_PAGE_SIZE);
     if (*slot == NULL)
@@ -373,6 +388,135 @@ memory_pwrite (void *handle, const void *buf, uint32_t count,
   if (r == -1)
     errno = ENOMEM;
   return r;
+}
+
+/* write-target.h: nbdsrv receives a write into fresh pages, which
+ * replace the disk's pages (or fill its holes) when it commits.  A page
+ * the write covers only in part gets the rest of the old page (or
+ * zeroes) copied around the new bytes at commit.
+ */
+struct mem_staged {
+  uint64_t offset;
+  uint32_t count;
+  unsigned npages;
+  char *page[];                 /* owned until committed */
+};
+
+static void
+mem_staged_free (struct mem_staged *st)
+{
+  for (unsigned i = 0; i < st->npages; ++i)
+    free (st->page[i]);
+  free (st);
+}
+
+write_target_fn nbdsrv_write_target;
+write_target_done_fn nbdsrv_write_target_done;
+
+int
+nbdsrv_write_target (void *handle, uint32_t count, uint64_t offset,
+                     struct iovec *iov, int *iovcnt, void **token)
+{
+  uint64_t first = offset >> MEM_PAGE_BITS;
+  uint64_t npages = count == 0 ? 0
+    : ((offset + count - 1) >> MEM_PAGE_BITS) - first + 1;
+  struct mem_staged *st;
+  uint64_t pos = offset;
+
+  if (npages == 0 || npages > (uint64_t) *iovcnt)
+    return -1;
+  st = malloc (sizeof *st + npages * sizeof st->page[0]);
+  if (st == NULL)
+    return -1;
+  st->offset = offset;
+  st->count = count;
+  st->npages = 0;
+  for (unsigned i = 0; i < npages; ++i) {
+    uint64_t in_page = pos & MEM_PAGE_MASK;
+    uint64_t len = MEM_PAGE_SIZE - in_page;
+
+    st->page[i] = malloc (MEM_PAGE_SIZE);
+    if (st->page[i] == NULL) {
+      mem_staged_free (st);
+      return -1;
+    }
+    st->npages++;
+    if (len > offset + count - pos)
+      len = offset + count - pos;
+    iov[i].iov_base = st->page[i] + in_page;
+    iov[i].iov_len = len;
+    pos += len;
+  }
+  *iovcnt = npages;
+  *token = st;
+  return 0;
+}
+
+/* Link new page PAGE in as PAGENO, keeping the bytes of the old page
+ * (or zeroes) outside [FROM, TO).  Caller holds the write lock.
+ */
+static int
+mem_page_replace (uint64_t pageno, char *page, uint64_t from, uint64_t to)
+{
+  uint64_t hole_pages;
+  char *old = mem_page_lookup (pageno, &hole_pages);
+  struct mem_node *leaf;
+  void **slot;
+
+  if (from > 0 || to < MEM_PAGE_SIZE) {
+    if (old) {
+      memcpy (page, old, from);
+      memcpy (page + to, old + to, MEM_PAGE_SIZE - to);
+    }
+    else {
+      memset (page, 0, from);
+      memset (page + to, 0, MEM_PAGE_SIZE - to);
+    }
+  }
+  leaf = mem_leaf_get (pageno);
+  if (leaf == NULL)
+    return -1;
+  slot = &leaf->slot[mem_slot_index (pageno, MEM_LEVELS - 1)];
+  if (*slot == NULL)
+    leaf->used++;
+  free (*slot);
+  *slot = page;
+  return 0;
+}
+
+int
+nbdsrv_write_target_done (void *handle, void *token, bool commit)
+{
+  struct mem_staged *st = token;
+  uint64_t pos = st->offset, end = st->offset + st->count;
+  unsigned i;
+
+  if (!commit) {
+    mem_staged_free (st);
+    return 0;
+  }
+  pthread_rwlock_wrlock (&tree_lock);
+  for (i = 0; i < st->npages; ++i) {
+    uint64_t in_page = pos & MEM_PAGE_MASK;
+    uint64_t to = MEM_PAGE_SIZE;
+
+    if (to > in_page + (end - pos))
+      to = in_page + (end - pos);
+    if (mem_page_replace (pos >> MEM_PAGE_BITS, st->page[i],
+                          in_page, to) == -1)
+      break;
+    st->page[i] = NULL;
+    pos += to - in_page;
+  }
+  pthread_rwlock_unlock (&tree_lock);
+  if (i < st->npages) {
+    nbdkit_error ("cannot allocate a page for offset %" PRIu64 ": %m", pos);
+    mem_staged_free (st);       /* the pages linked so far stay */
+    errno = ENOMEM;
+    return -1;
+  }
+  free (st);
+  return 0;
 }
 
 static int
