@@ -341,8 +341,13 @@ request_handle (struct connection *conn, bool batch, struct work *w)
 
   thread_clear_error ();                                          /* */
   if (err == 0) {
-    if (atomic_load (&conn->status) == CONN_DEAD)                 /* */
+    if (atomic_load (&conn->status) == CONN_DEAD) {               /* */
+      int ignored;
+
       err = ESHUTDOWN;
+      if (w->in_place)          /* drop the received payload */
+        backend_write_target_done (&conn->exp, w->token, false, &ignored);
+    }
     else {
       int64_t t = now_ns ();
       unsigned avg = atomic_load (&conn->call_ns);

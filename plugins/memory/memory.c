@@ -73,6 +73,16 @@ static uint64_t freed_bytes;
 
 #define MEM_TRIM_THRESHOLD (UINT64_C (64) << 20)
 
+/* Pages that in-place writes replaced, kept for the next ones: a disk
+ * being overwritten recycles its pages instead of allocating fresh
+ * ones (page faults, and a heap that grows in every thread's arena).
+ * At most SPARE_MAX are kept (32 MiB).
+ */
+#define SPARE_MAX 1024
+static pthread_mutex_t spare_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *spare[SPARE_MAX];
+static unsigned nspare;                 /* guarded by spare_lock */
+
 /* Slot index of PAGENO in a node at LEVEL (0 = root). */
 static inline unsigned
 mem_slot_index (uint64_t pageno, int level)
@@ -219,6 +229,8 @@ memory_unload (void)
 {
   mem_node_free (root, 0);
   root = NULL;
+  while (nspare > 0)
+    free (spare[--nspare]);
   if (tree_lock_ready)
     pthread_rwlock_destroy (&tree_lock);
 }
@@ -402,11 +414,25 @@ struct mem_staged {
   char *page[];                 /* owned until committed */
 };
 
+/* Keep PAGE for reuse, or free it.  Caller holds spare_lock. */
+static void
+mem_spare_put (char *page)
+{
+  if (page == NULL)
+    return;
+  if (nspare < SPARE_MAX)
+    spare[nspare++] = page;
+  else
+    free (page);
+}
+
 static void
 mem_staged_free (struct mem_staged *st)
 {
+  pthread_mutex_lock (&spare_lock);
   for (unsigned i = 0; i < st->npages; ++i)
-    free (st->page[i]);
+    mem_spare_put (st->page[i]);
+  pthread_mutex_unlock (&spare_lock);
   free (st);
 }
 
@@ -431,16 +457,20 @@ nbdsrv_write_target (void *handle, uint32_t count, uint64_t offset,
   st->offset = offset;
   st->count = count;
   st->npages = 0;
+  pthread_mutex_lock (&spare_lock);
+  for (unsigned i = 0; i < npages && nspare > 0; ++i)
+    st->page[st->npages++] = spare[--nspare];
+  pthread_mutex_unlock (&spare_lock);
   for (unsigned i = 0; i < npages; ++i) {
     uint64_t in_page = pos & MEM_PAGE_MASK;
     uint64_t len = MEM_PAGE_SIZE - in_page;
 
-    st->page[i] = malloc (MEM_PAGE_SIZE);
-    if (st->page[i] == NULL) {
+    if (i >= st->npages &&
+        (st->page[st->npages++] = malloc (MEM_PAGE_SIZE)) == NULL) {
+      st->npages--;
       mem_staged_free (st);
       return -1;
     }
-    st->npages++;
     if (len > offset + count - pos)
       len = offset + count - pos;
     iov[i].iov_base = st->page[i] + in_page;
@@ -453,10 +483,12 @@ nbdsrv_write_target (void *handle, uint32_t count, uint64_t offset,
 }
 
 /* Link new page PAGE in as PAGENO, keeping the bytes of the old page
- * (or zeroes) outside [FROM, TO).  Caller holds the write lock.
+ * (or zeroes) outside [FROM, TO).  The old page, if any, is left in
+ * *OLD_OUT.  Caller holds the write lock.
  */
 static int
-mem_page_replace (uint64_t pageno, char *page, uint64_t from, uint64_t to)
+mem_page_replace (uint64_t pageno, char *page, uint64_t from, uint64_t to,
+                  char **old_out)
 {
   uint64_t hole_pages;
   char *old = mem_page_lookup (pageno, &hole_pages);
@@ -479,7 +511,7 @@ mem_page_replace (uint64_t pageno, char *page, uint64_t from, uint64_t to)
   slot = &leaf->slot[mem_slot_index (pageno, MEM_LEVELS - 1)];
   if (*slot == NULL)
     leaf->used++;
-  free (*slot);
+  *old_out = *slot;
   *slot = page;
   return 0;
 }
@@ -502,10 +534,10 @@ nbdsrv_write_target_done (void *handle, void *token, bool commit)
 
     if (to > in_page + (end - pos))
       to = in_page + (end - pos);
+    /* The old page takes the new one's place in ST, to be recycled. */
     if (mem_page_replace (pos >> MEM_PAGE_BITS, st->page[i],
-                          in_page, to) == -1)
+                          in_page, to, &st->page[i]) == -1)
       break;
-    st->page[i] = NULL;
     pos += to - in_page;
   }
   pthread_rwlock_unlock (&tree_lock);
@@ -515,7 +547,7 @@ nbdsrv_write_target_done (void *handle, void *token, bool commit)
     errno = ENOMEM;
     return -1;
   }
-  free (st);
+  mem_staged_free (st);         /* the replaced pages */
   return 0;
 }
 
