@@ -102,7 +102,12 @@ def setup_eval(d):
 
 
 def setup_floppy(d):
-    top = os.path.join(d, "floppy")
+    # One tree for both servers: FAT records each file's creation time
+    # from its ctime, which no call can set, so two trees made a moment
+    # apart could differ by a second (the export is read-only anyway).
+    top = os.path.join(os.path.dirname(d), "floppy")
+    if os.path.isdir(top):
+        return ["dir=" + top]
     os.makedirs(os.path.join(top, "sub"))
     files = {"hello.txt": b"hello, world\n",
              "data.bin": pseudo_random(100000, 9),
