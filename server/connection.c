@@ -17,7 +17,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <sys/ioctl.h>
 #include <sys/uio.h>
 
 #include "internal.h"
@@ -367,17 +366,6 @@ conn_read (struct connection *conn, void *buf, size_t n)
     }
   }
   return 0;
-}
-
-/* Bytes the client has sent that no read has taken yet. */
-uint64_t
-conn_pending (struct connection *conn)
-{
-  int queued = 0;
-
-  if (conn->is_socket)
-    ioctl (conn->fd_in, FIONREAD, &queued);
-  return (uint64_t) (conn->rlen - conn->rpos) + (queued > 0 ? queued : 0);
 }
 
 /* Read exactly the bytes IOV describes (a WRITE payload received in

@@ -79,7 +79,6 @@ void conn_serve (struct connection *conn); /* runs until closed, frees */
 int conn_spawn (struct connection *conn);  /* conn_serve in a new thread */
 int conn_read (struct connection *conn, void *buf, size_t n);
 int conn_skip (struct connection *conn, uint64_t n);
-uint64_t conn_pending (struct connection *conn);
 int conn_readv (struct connection *conn, struct iovec *iov, int iovcnt);
 int conn_writev (struct connection *conn, struct iovec *iov, int iovcnt);
 void conn_set_status (struct connection *conn, enum conn_status s);

@@ -43,7 +43,7 @@
 
 /* WRITEs from this size up are received straight into the plugin's
  * storage when it offers that (write-target.h): below it the copy saved
- * is worth less than the extra ioctl and lock.  Up to IN_PLACE_IOV
+ * is worth less than the staging and the lock.  Up to IN_PLACE_IOV
  * pieces (32 MiB of the memory plugin's 32 KiB pages).
  */
 #define IN_PLACE_MIN (64 * 1024)
