@@ -33,7 +33,8 @@
 #define INLINE_MAX_DATA (64 * 1024)
 
 /* At most REQUEST_BIG_MAX requests above REQUEST_BIG bytes are in
- * flight per connection; their buffers are freed afterwards.  So a
+ * flight per connection (whether their data sits in a thread buffer or
+ * in pages staged by write-target.h); buffers are freed afterwards.  So a
  * connection holds at most about 2 x 64 MiB for data however many
  * maximum-size writes its client sends, and the reader simply stops
  * reading until one finishes.
@@ -125,8 +126,7 @@ request_recv_in_place (struct connection *conn, struct work *w)
   const struct request *r = &w->req;
   int err;
 
-  if (r->count < IN_PLACE_MIN || plugin.write_target == NULL ||
-      !conn->is_socket ||
+  if (r->count < IN_PLACE_MIN || !conn->is_socket ||
       backend_write_target (&conn->exp, r->count, r->offset,
                             plugin_flags (r), iov, &iovcnt,
                             &w->token) == -1)
@@ -181,16 +181,19 @@ request_recv (struct connection *conn, struct work *w)
   w->why = NULL;
   w->buf = NULL;
   w->err = request_validate (&st, r, &w->why);                    /* */
-  if (w->err == 0 && r->type == NBD_CMD_WRITE) {
-    int done = request_recv_in_place (conn, w);
-
-    if (done != 0)
-      return done == 1;
-  }
   if (w->err == 0 && (r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE)) {
+    /* The bound counts the data a request holds, in the thread buffer
+     * or staged in the plugin.
+     */
     if (r->count > REQUEST_BIG) {
       big_acquire (conn);
       w->big = true;
+    }
+    if (r->type == NBD_CMD_WRITE) {
+      int done = request_recv_in_place (conn, w);
+
+      if (done != 0)
+        return done == 1;
     }
     w->buf = thread_buffer (r->count);                            /* */
     if (w->buf == NULL) {

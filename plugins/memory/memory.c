@@ -490,11 +490,14 @@ static int
 mem_page_replace (uint64_t pageno, char *page, uint64_t from, uint64_t to,
                   char **old_out)
 {
-  uint64_t hole_pages;
-  char *old = mem_page_lookup (pageno, &hole_pages);
-  struct mem_node *leaf;
+  struct mem_node *leaf = mem_leaf_get (pageno);
   void **slot;
+  char *old;
 
+  if (leaf == NULL)
+    return -1;
+  slot = &leaf->slot[mem_slot_index (pageno, MEM_LEVELS - 1)];
+  old = *slot;
   if (from > 0 || to < MEM_PAGE_SIZE) {
     if (old) {
       memcpy (page, old, from);
@@ -505,13 +508,9 @@ mem_page_replace (uint64_t pageno, char *page, uint64_t from, uint64_t to,
       memset (page + to, 0, MEM_PAGE_SIZE - to);
     }
   }
-  leaf = mem_leaf_get (pageno);
-  if (leaf == NULL)
-    return -1;
-  slot = &leaf->slot[mem_slot_index (pageno, MEM_LEVELS - 1)];
-  if (*slot == NULL)
+  if (old == NULL)
     leaf->used++;
-  *old_out = *slot;
+  *old_out = old;
   *slot = page;
   return 0;
 }
