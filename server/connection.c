@@ -303,12 +303,12 @@ wait_readable (struct connection *conn)
   return -1;
 }
 
-/* Refill rbuf.  Returns bytes read, 0 at EOF, -1 on error.  Batched
- * replies leave first: read() may block, and the client may be waiting
- * for them before it sends more.
+/* Read from the client into IOV.  Returns bytes read, 0 at EOF, -1 on
+ * error.  Batched replies leave first: the read may block, and the
+ * client may be waiting for them before it sends more.
  */
 static ssize_t
-conn_fill (struct connection *conn, void *dst, size_t n)
+conn_fill_iov (struct connection *conn, const struct iovec *iov, int iovcnt)
 {
   ssize_t r;
 
@@ -317,9 +317,17 @@ conn_fill (struct connection *conn, void *dst, size_t n)
   if ((conn->deadline_ms || !conn->is_socket) && wait_readable (conn) == -1)
     return -1;
   do
-    r = read (conn->fd_in, dst, n);
+    r = readv (conn->fd_in, iov, MIN (iovcnt, IOV_MAX));
   while (r == -1 && errno == EINTR);
   return r;
+}
+
+static ssize_t
+conn_fill (struct connection *conn, void *dst, size_t n)
+{
+  struct iovec iov = { .iov_base = dst, .iov_len = n };
+
+  return conn_fill_iov (conn, &iov, 1);
 }
 
 /* Read exactly N bytes.  Small reads come through rbuf, so one read()
@@ -389,17 +397,10 @@ conn_readv (struct connection *conn, struct iovec *iov, int iovcnt)
       memcpy (iov->iov_base, conn->rbuf + conn->rpos, r);
       conn->rpos += r;
     }
-    else {
-      if (conn->olen && reply_flush (conn) == -1)
-        return -1;
-      do
-        r = readv (conn->fd_in, iov, MIN (iovcnt, IOV_MAX));
-      while (r == -1 && errno == EINTR);
-      if (r <= 0) {
-        if (r == 0)
-          errno = EPIPE;
-        return -1;
-      }
+    else if ((r = conn_fill_iov (conn, iov, iovcnt)) <= 0) {
+      if (r == 0)
+        errno = EPIPE;
+      return -1;
     }
     /* Step over the R bytes just filled. */
     while (r > 0 && (size_t) r >= iov->iov_len) {

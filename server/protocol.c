@@ -126,7 +126,7 @@ request_recv_in_place (struct connection *conn, struct work *w)
   const struct request *r = &w->req;
   int err;
 
-  if (r->count < IN_PLACE_MIN || !conn->is_socket ||
+  if (r->count < IN_PLACE_MIN ||
       backend_write_target (&conn->exp, r->count, r->offset,
                             plugin_flags (r), iov, &iovcnt,
                             &w->token) == -1)

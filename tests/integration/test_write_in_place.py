@@ -16,6 +16,7 @@ import threading
 
 import pytest
 
+from conftest import NBDSRV
 from util import block_status, connect, start_both
 
 nbd = pytest.importorskip("nbd")
@@ -123,3 +124,14 @@ def test_clients_writing_and_trimming_at_once(server):
         t.join(120)
     assert not any(t.is_alive() for t in threads), "clients hung"
     assert not failures, failures
+
+
+def test_in_place_write_on_stdin():
+    """-s: the client is on stdin/stdout, not a socket; a large write
+    lands and reads back there too."""
+    h = nbd.NBD()
+    h.connect_command([NBDSRV, "-s", "memory", "size=4M"])
+    data = os.urandom(MiB)
+    h.pwrite(data, 12345)
+    assert h.pread(MiB, 12345) == data
+    h.shutdown()
