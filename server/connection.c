@@ -195,21 +195,14 @@ worker_thread (void *arg)
 void
 conn_maybe_add_worker (struct connection *conn)
 {
-  pthread_t thread;
-  pthread_attr_t attr;
-
   /* Cheap checks first: this runs for every request. */
   if (atomic_load (&conn->readers_waiting) > 0 ||
       atomic_load (&conn->nworkers) >= conn->max_workers)
     return;
   pthread_mutex_lock (&conn->workers_lock);
-  if (conn->nworkers < conn->max_workers) {
-    pthread_attr_init (&attr);
-    pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create (&thread, &attr, worker_thread, conn) == 0)
-      conn->nworkers++;
-    pthread_attr_destroy (&attr);
-  }
+  if (conn->nworkers < conn->max_workers &&
+      thread_start_detached (worker_thread, conn) == 0)
+    conn->nworkers++;
   pthread_mutex_unlock (&conn->workers_lock);
 }
 
@@ -223,14 +216,8 @@ conn_thread (void *arg)
 int
 conn_spawn (struct connection *conn)
 {
-  pthread_attr_t attr;
-  pthread_t thread;
-  int r;
+  int r = thread_start_detached (conn_thread, conn);
 
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  r = pthread_create (&thread, &attr, conn_thread, conn);
-  pthread_attr_destroy (&attr);
   if (r != 0) {
     errno = r;
     server_error ("cannot start a thread for a new client: %m");

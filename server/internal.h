@@ -68,6 +68,7 @@ struct thread_state {
 struct thread_state *thread_state (void);
 void *thread_buffer (size_t n); /* NULL with errno ENOMEM */
 void thread_buffer_release (void);
+int thread_start_detached (void *(*fn) (void *), void *arg); /* 0/errno */
 void thread_clear_error (void);
 struct nbdkit_extents *thread_extents (void); /* NULL: ENOMEM */
 

@@ -341,17 +341,12 @@ acceptor_thread (void *arg)
 static int
 acceptor_spawn (struct listeners *l)
 {
-  pthread_attr_t attr;
-  pthread_t thread;
   int r;
 
   pthread_mutex_lock (&acceptors_lock);
   acceptors++;
   atomic_fetch_add (&acceptors_idle, 1);
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  r = pthread_create (&thread, &attr, acceptor_thread, l);
-  pthread_attr_destroy (&attr);
+  r = thread_start_detached (acceptor_thread, l);
   if (r != 0) {
     acceptors--;
     atomic_fetch_sub (&acceptors_idle, 1);

@@ -1,4 +1,5 @@
-/* nbdsrv: per-thread state (current connection, error, data buffer).
+/* nbdsrv: per-thread state (current connection, error, data buffer),
+ * and starting the server's threads.
  *
  * Each worker keeps its READ/WRITE buffer for its whole life and only
  * grows it, so a request never allocates (STYLE.md 8).
@@ -91,4 +92,21 @@ void
 nbdkit_set_error (int err)
 {
   tstate.err = err;
+}
+
+/* Start FN (ARG) in a detached thread: the server's threads are never
+ * joined, they count themselves out.  Returns 0 or an errno value.
+ */
+int
+thread_start_detached (void *(*fn) (void *), void *arg)
+{
+  pthread_attr_t attr;
+  pthread_t thread;
+  int r;
+
+  pthread_attr_init (&attr);
+  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+  r = pthread_create (&thread, &attr, fn, arg);
+  pthread_attr_destroy (&attr);
+  return r;
 }
