@@ -14,27 +14,6 @@
 
 #include "internal.h"
 
-/* nbdkit-filter.h's public view of one entry, returned by value from
- * nbdkit_get_export.  We do not ship nbdkit-filter.h yet, so the type
- * and the four filter-only functions are declared here, with nbdkit's
- * layout: two pointers, name first.
- */
-struct nbdkit_export {
-  char *name;
-  char *description;
-};
-
-/* nbdkit spells the return type of nbdkit_get_export "const struct
- * nbdkit_export"; a qualifier on a returned value has no effect (C17
- * drops it from the function type), so the ABI is the same without it
- * and -Wignored-qualifiers stays quiet.
- */
-struct nbdkit_exports *nbdkit_exports_new (void);
-void nbdkit_exports_free (struct nbdkit_exports *exports);
-size_t nbdkit_exports_count (const struct nbdkit_exports *exports);
-struct nbdkit_export nbdkit_get_export
-  (const struct nbdkit_exports *exports, size_t i);
-
 /* NBD limits names and descriptions to 4096 bytes; a plugin producing
  * more than MAX_EXPORTS entries is almost certainly looping, and the
  * reply would take minutes for a client to read.

@@ -137,13 +137,6 @@ nbdkit_extents_count (const struct nbdkit_extents *e)
   return e->len;
 }
 
-/* Same layout as nbdkit's struct nbdkit_extent (filter API). */
-struct nbdkit_extent {
-  uint64_t offset;
-  uint64_t length;
-  uint32_t type;
-};
-
 struct nbdkit_extent
 nbdkit_get_extent (const struct nbdkit_extents *e, size_t i)
 {
@@ -151,52 +144,6 @@ nbdkit_get_extent (const struct nbdkit_extents *e, size_t i)
     e->ptr[i].offset, e->ptr[i].length, e->ptr[i].type
   };
 }
-
-/* nbdkit-filter.h's view of the layer below a filter.  We do not ship
- * nbdkit-filter.h yet, so the table is declared here with nbdkit's
- * layout: a filter hands us a pointer whose target starts with these
- * function pointers, in this order, and every call passes that same
- * pointer back as the first argument.
- */
-typedef struct nbdkit_next_ops nbdkit_next;
-struct nbdkit_next_ops {
-  int (*prepare) (nbdkit_next *next);
-  int (*finalize) (nbdkit_next *next);
-  int64_t (*get_size) (nbdkit_next *next);
-  const char * (*export_description) (nbdkit_next *next);
-  int (*block_size) (nbdkit_next *next, uint32_t *minimum,
-                     uint32_t *preferred, uint32_t *maximum);
-  int (*can_write) (nbdkit_next *next);
-  int (*can_flush) (nbdkit_next *next);
-  int (*is_rotational) (nbdkit_next *next);
-  int (*can_trim) (nbdkit_next *next);
-  int (*can_zero) (nbdkit_next *next);
-  int (*can_fast_zero) (nbdkit_next *next);
-  int (*can_extents) (nbdkit_next *next);
-  int (*can_fua) (nbdkit_next *next);
-  int (*can_multi_conn) (nbdkit_next *next);
-  int (*can_cache) (nbdkit_next *next);
-  int (*pread) (nbdkit_next *next, void *buf, uint32_t count,
-                uint64_t offset, uint32_t flags, int *err);
-  int (*pwrite) (nbdkit_next *next, const void *buf, uint32_t count,
-                 uint64_t offset, uint32_t flags, int *err);
-  int (*flush) (nbdkit_next *next, uint32_t flags, int *err);
-  int (*trim) (nbdkit_next *next, uint32_t count, uint64_t offset,
-               uint32_t flags, int *err);
-  int (*zero) (nbdkit_next *next, uint32_t count, uint64_t offset,
-               uint32_t flags, int *err);
-  int (*extents) (nbdkit_next *next, uint32_t count, uint64_t offset,
-                  uint32_t flags, struct nbdkit_extents *extents, int *err);
-  int (*cache) (nbdkit_next *next, uint32_t count, uint64_t offset,
-                uint32_t flags, int *err);
-};
-
-struct nbdkit_extents *nbdkit_extents_full (nbdkit_next *next,
-                                            uint32_t count, uint64_t offset,
-                                            uint32_t flags, int *err);
-int nbdkit_extents_aligned (nbdkit_next *next, uint32_t count,
-                            uint64_t offset, uint32_t flags, uint32_t align,
-                            struct nbdkit_extents *extents, int *err);
 
 /* End of what a list describes so far (its start if it is empty). */
 static uint64_t

@@ -14,6 +14,7 @@
 
 #define NBDKIT_API_VERSION 2
 #include "nbdkit-plugin.h"
+#include "nbdkit-filter.h"
 #include "write-target.h"
 #include "nbd-protocol.h"
 

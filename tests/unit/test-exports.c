@@ -8,17 +8,6 @@
 
 #include "stubs.h"
 
-/* The filter-level API, which include/ does not declare yet. */
-struct nbdkit_export {
-  char *name;
-  char *description;
-};
-struct nbdkit_exports *nbdkit_exports_new (void);
-void nbdkit_exports_free (struct nbdkit_exports *exports);
-size_t nbdkit_exports_count (const struct nbdkit_exports *exports);
-struct nbdkit_export nbdkit_get_export
-  (const struct nbdkit_exports *exports, size_t i);
-
 static void
 test_basic (void)
 {

@@ -15,17 +15,12 @@
 #define Z NBDKIT_EXTENT_ZERO
 #define HZ (H | Z)
 
-/* nbdkit-filter.h's struct nbdkit_next_ops: twenty function pointers,
- * then .extents (tests/test_abi.py checks that offset against nbdkit's
- * header).  Only .extents is called by the functions under test.
+/* The layer below: nbdkit-filter.h's call table first, as a filter
+ * sees it, then the fake layer's own state.  Only .extents is called
+ * by the functions under test.
  */
-typedef struct fake_next nbdkit_next;
 struct fake_next {
-  void (*before_extents[20]) (void);
-  int (*extents) (nbdkit_next *next, uint32_t count, uint64_t offset,
-                  uint32_t flags, struct nbdkit_extents *extents, int *err);
-  void (*cache) (void);
-  /* The fake layer's own state, after the table as in nbdkit. */
+  struct nbdkit_next_ops ops;
   const struct extent *map;     /* the disk, in order, no gaps */
   size_t map_len;
   size_t per_call;              /* most extents one answer adds */
@@ -35,20 +30,11 @@ struct fake_next {
   uint32_t flags_seen;          /* OR of the flags of every call */
 };
 
-_Static_assert (offsetof (struct fake_next, extents) == 20 * sizeof (void *),
-                ".extents is the 21st pointer of struct nbdkit_next_ops");
-
-struct nbdkit_extents *nbdkit_extents_full (nbdkit_next *next,
-                                            uint32_t count, uint64_t offset,
-                                            uint32_t flags, int *err);
-int nbdkit_extents_aligned (nbdkit_next *next, uint32_t count,
-                            uint64_t offset, uint32_t flags, uint32_t align,
-                            struct nbdkit_extents *extents, int *err);
-
 static int
-fake_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
+fake_extents (nbdkit_next *ops, uint32_t count, uint64_t offset,
               uint32_t flags, struct nbdkit_extents *e, int *err)
 {
+  struct fake_next *next = (struct fake_next *) ops;
   size_t added = 0;
 
   next->calls++;
@@ -79,7 +65,7 @@ static struct fake_next
 fake (const struct extent *map, size_t len, size_t per_call)
 {
   return (struct fake_next) {
-    .extents = fake_extents, .map = map, .map_len = len,
+    .ops.extents = fake_extents, .map = map, .map_len = len,
     .per_call = per_call,
   };
 }
@@ -105,7 +91,7 @@ test_full (void)
   struct nbdkit_extents *e;
   int err = 0;
 
-  e = nbdkit_extents_full (&n, 65536, 0, NBDKIT_FLAG_REQ_ONE, &err);
+  e = nbdkit_extents_full (&n.ops, 65536, 0, NBDKIT_FLAG_REQ_ONE, &err);
   check (e != NULL && e->len == 3 && ext_is (e, 0, 0, 4096, 0) &&
          ext_is (e, 1, 4096, 4096, HZ) && ext_is (e, 2, 8192, 57344, 0),
          "full: one extent per answer still covers the whole range");
@@ -114,7 +100,7 @@ test_full (void)
   nbdkit_extents_free (e);
 
   n = FAKE (three, 8);
-  e = nbdkit_extents_full (&n, 10000, 5000, NBDKIT_FLAG_FUA, &err);
+  e = nbdkit_extents_full (&n.ops, 10000, 5000, NBDKIT_FLAG_FUA, &err);
   check (e != NULL && e->len == 2 && ext_is (e, 0, 5000, 3192, HZ) &&
          ext_is (e, 1, 8192, 6808, 0),
          "full: a middle range is clipped at both ends");
@@ -124,7 +110,7 @@ test_full (void)
   nbdkit_extents_free (e);
 
   n = FAKE (three, 8);
-  e = nbdkit_extents_full (&n, 0, 4096, 0, &err);
+  e = nbdkit_extents_full (&n.ops, 0, 4096, 0, &err);
   check (e != NULL && e->len == 0 && n.calls == 0,
          "full: an empty range needs no call");
   nbdkit_extents_free (e);
@@ -132,20 +118,20 @@ test_full (void)
   n = FAKE (three, 1);
   n.fail_errno = ENOSPC;
   err = 0;
-  e = nbdkit_extents_full (&n, 65536, 0, 0, &err);
+  e = nbdkit_extents_full (&n.ops, 65536, 0, 0, &err);
   check (e == NULL && err == ENOSPC, "full: the layer's error is passed on");
 
   n = FAKE (three, 1);
   n.no_progress = true;
   err = 0;
   stub_reset ();
-  e = nbdkit_extents_full (&n, 65536, 0, 0, &err);
+  e = nbdkit_extents_full (&n.ops, 65536, 0, 0, &err);
   check (e == NULL && err == EIO && n.calls == 1 &&
          error_contains ("no extent"),
          "full: a layer that describes nothing is an error, not a loop");
 
   err = 0;
-  e = nbdkit_extents_full (&n, 4096, (uint64_t) INT64_MAX + 1, 0, &err);
+  e = nbdkit_extents_full (&n.ops, 4096, (uint64_t) INT64_MAX + 1, 0, &err);
   check (e == NULL && err == ERANGE, "full: offsets past INT64_MAX fail");
 }
 
@@ -155,7 +141,7 @@ aligned (struct fake_next *n, struct nbdkit_extents *e, uint32_t count,
 {
   extents_reset (e, offset, 1 << 20);
   *err = 0;
-  *r = nbdkit_extents_aligned (n, count, offset, flags, 4096, e, err);
+  *r = nbdkit_extents_aligned (&n->ops, count, offset, flags, 4096, e, err);
 }
 
 static void
@@ -220,9 +206,9 @@ test_aligned (void)
   check (r == -1 && err == EINVAL && n.calls == 0 &&
          error_contains ("multiples"), "aligned: unaligned offset fails");
   extents_reset (&e, 0, 1 << 20);
-  check (nbdkit_extents_aligned (&n, 6000, 0, 0, 3000, &e, &err) == -1 &&
+  check (nbdkit_extents_aligned (&n.ops, 6000, 0, 0, 3000, &e, &err) == -1 &&
          err == EINVAL, "aligned: an alignment not a power of 2 fails");
-  check (nbdkit_extents_aligned (&n, 4096, 0, 0, 0, &e, &err) == -1 &&
+  check (nbdkit_extents_aligned (&n.ops, 4096, 0, 0, 0, &e, &err) == -1 &&
          err == EINVAL, "aligned: alignment 0 fails");
 
   n = FAKE (split_first, 1);
@@ -238,7 +224,7 @@ test_aligned (void)
   extents_reset (&e, 0, 1 << 20);
   nbdkit_add_extent (&e, 0, 512, 0);
   err = 0;
-  r = nbdkit_extents_aligned (&n, 8192, 0, 0, 4096, &e, &err);
+  r = nbdkit_extents_aligned (&n.ops, 8192, 0, 0, 4096, &e, &err);
   check (r == -1 && err == EIO && n.calls == 2,
          "aligned: a layer that stops describing is an error, not a loop");
   extents_release (&e);
