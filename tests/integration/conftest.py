@@ -14,6 +14,7 @@ BUILD = os.environ.get("NBDSRV_BUILD", os.path.join(ROOT, "build"))
 NBDSRV = os.path.join(BUILD, "nbdsrv")
 NBDKIT = "/usr/bin/nbdkit"
 PLUGINDIR = os.path.join(BUILD, "plugins")
+FILTERDIR = os.path.join(BUILD, "filters")
 BINARIES = {"nbdsrv": NBDSRV, "nbdkit": NBDKIT}
 
 # Under `make check SANITIZE=1` the server is built with ASan and UBSan:
@@ -68,6 +69,12 @@ def server_env(impl, env=None):
 def plugin_path(name):
     """Path of one of our own plugins in the build tree."""
     return os.path.join(PLUGINDIR, "nbdkit-%s-plugin.so" % name)
+
+
+def filter_path(name):
+    """Path of one of our own filters in the build tree: give it to
+    Debian's nbdkit as --filter=PATH to run our filter under nbdkit."""
+    return os.path.join(FILTERDIR, "nbdkit-%s-filter.so" % name)
 
 
 class Server:
