@@ -171,6 +171,10 @@ buf_read (int fd, struct sh_buf *buf)
   else {
     if (buf_reserve (buf) == -1)
       return -1;
+    /* Terminate before reading: a program that prints nothing at all
+     * ends with a read of 0, and the buffer must still be a string.
+     */
+    buf->data[buf->len] = '\0';
     r = read (fd, buf->data + buf->len, buf->cap - buf->len - 1);
   }
   if (r == -1)

@@ -425,6 +425,43 @@ def test_inline_script_from_stdin():
     assert out[0] == out[1] == (0, b"3145728\n")
 
 
+# glibc fills freshly allocated memory with this byte (and freed memory
+# with its complement): a string read from a buffer that was never
+# terminated then runs on into the filler instead of stopping by luck.
+PERTURB_ENV = {"MALLOC_PERTURB_": "42",
+               "GLIBC_TUNABLES": "glibc.malloc.perturb=42"}
+
+
+@pytest.mark.parametrize("plugin", ["sh", "eval"])
+def test_open_printing_nothing_gives_empty_handle(server, tmp_path,
+                                                   plugin):
+    """An open method that prints nothing gives the handle "", which
+    every later method receives as $2 (it used to be heap garbage:
+    E2BIG from execve or a wrong handle)."""
+    log = tmp_path / "handles"
+    body = ('case "$1" in open) ;; get_size) echo 1M ;; '
+            'pread) printf "[%%s]" "$2" >> %s; '
+            'dd if=/dev/zero count=$3 iflag=count_bytes status=none ;; '
+            'close) printf "[%%s]" "$2" >> %s ;; *) exit 2 ;; esac\n'
+            % (log, log))
+    if plugin == "sh":
+        args = ["sh", write_script(tmp_path, "o.sh", body)]
+    else:
+        args = ["eval", "open=true", "get_size=echo 1M",
+                "pread=" + body.replace("$1", "pread"),
+                "close=" + body.replace("$1", "close")]
+    srv = server(*args, env=dict(os.environ, **PERTURB_ENV))
+    p = subprocess.run(["nbdinfo", "--size", srv.uri], capture_output=True,
+                       timeout=60)
+    assert (p.returncode, p.stdout) == (0, b"1048576\n"), p.stderr
+    h = connect(srv)
+    assert h.pread(512, 0) == bytes(512)
+    h.shutdown()
+    assert srv.stop() == 0
+    # nbdinfo's connection closes; ours reads then closes.
+    assert log.read_text() == "[][][]"
+
+
 def tmpdirs(base):
     return sorted(os.listdir(base))
 
