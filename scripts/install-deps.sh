@@ -2,16 +2,36 @@
 # Install the Debian packages nbdsrv needs, only those missing.
 #   scripts/install-deps.sh build   what `make` needs
 #   scripts/install-deps.sh test    what `make check` needs as well
-# Idempotent and quiet when everything is present; uses sudo when not
-# root.  Never asks questions (CI has no standard input).
+#   scripts/install-deps.sh --list [build|test]   print them, install nothing
+# The packages are listed once, in scripts/packages.txt.  Idempotent and
+# quiet when everything is present; uses sudo when not root.  Never asks
+# questions (CI has no standard input).
 set -eu
 
-build_pkgs="gcc make meson ninja-build pkg-config"
-test_pkgs="nbdkit nbdkit-plugin-dev libnbd-bin python3-libnbd python3-pytest
-  qemu-utils fio nbd-server clang-14 libclang-rt-14-dev"
+table=$(dirname "$0")/packages.txt
 
-want=$build_pkgs
-[ "${1:-build}" = test ] && want="$build_pkgs $test_pkgs"
+list=false
+if [ "${1:-}" = --list ]; then
+  list=true
+  shift
+fi
+set_name=${1:-build}
+case $set_name in
+  build|test) ;;
+  *) echo "install-deps.sh: unknown set '$set_name': use build or test" >&2
+     exit 2 ;;
+esac
+
+# The second column of the lines of the build set, and of the test set
+# too when asked for it.
+want=$(awk -v set="$set_name" '
+  /^[ \t]*(#|$)/ { next }
+  $1 == "build" || ($1 == "test" && set == "test") { print $2 }
+' "$table")
+if $list; then
+  echo "$want"
+  exit 0
+fi
 
 missing=
 for p in $want; do
