@@ -438,7 +438,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   c = (struct client) { .fd = sv[0], .data = data + 2, .len = size - 2 };
   if (pthread_create (&thread, NULL, client_thread, &c) != 0)
     abort ();
-  conn = conn_new (sv[1], sv[1]);
+  conn = conn_new (sv[1], sv[1], NULL, 0);
   if (conn == NULL)
     abort ();
   conn_serve (conn);            /* closes sv[1] when the last worker ends */

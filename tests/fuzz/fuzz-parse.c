@@ -114,8 +114,11 @@ fuzz_uint64 (const char *str)
   REQUIRE (r == 0 ? v == ref : v == SENTINEL);
 }
 
-/* The narrow types: the same answer as int64_t, clipped to range. */
-#define FUZZ_NARROW(fn, type, min, max, parse_wide, wide)       \
+/* The narrow types: the same answer as int64_t, clipped to range.  A
+ * value is out of range when it does not survive the round trip
+ * through TYPE (gcc converts modulo 2^N), which needs no comparison
+ * with a zero minimum that -Wtype-limits would flag. */
+#define FUZZ_NARROW(fn, type, parse_wide, wide)                 \
   static void                                                   \
   fuzz_##fn (const char *str)                                   \
   {                                                             \
@@ -131,24 +134,17 @@ fuzz_uint64 (const char *str)
       REQUIRE (rw == 0 && w == (wide) v);                       \
     else                                                        \
       REQUIRE (v == SENTINEL &&                                 \
-               (rw == -1 || w < (wide) (min) || w > (wide) (max))); \
+               (rw == -1 || (wide) (type) w != w));     \
   }
 
-FUZZ_NARROW (int, int, INT_MIN, INT_MAX, nbdkit_parse_int64_t, int64_t)
-FUZZ_NARROW (int8_t, int8_t, INT8_MIN, INT8_MAX,
-             nbdkit_parse_int64_t, int64_t)
-FUZZ_NARROW (int16_t, int16_t, INT16_MIN, INT16_MAX,
-             nbdkit_parse_int64_t, int64_t)
-FUZZ_NARROW (int32_t, int32_t, INT32_MIN, INT32_MAX,
-             nbdkit_parse_int64_t, int64_t)
-FUZZ_NARROW (unsigned, unsigned, 0, UINT_MAX,
-             nbdkit_parse_uint64_t, uint64_t)
-FUZZ_NARROW (uint8_t, uint8_t, 0, UINT8_MAX,
-             nbdkit_parse_uint64_t, uint64_t)
-FUZZ_NARROW (uint16_t, uint16_t, 0, UINT16_MAX,
-             nbdkit_parse_uint64_t, uint64_t)
-FUZZ_NARROW (uint32_t, uint32_t, 0, UINT32_MAX,
-             nbdkit_parse_uint64_t, uint64_t)
+FUZZ_NARROW (int, int, nbdkit_parse_int64_t, int64_t)
+FUZZ_NARROW (int8_t, int8_t, nbdkit_parse_int64_t, int64_t)
+FUZZ_NARROW (int16_t, int16_t, nbdkit_parse_int64_t, int64_t)
+FUZZ_NARROW (int32_t, int32_t, nbdkit_parse_int64_t, int64_t)
+FUZZ_NARROW (unsigned, unsigned, nbdkit_parse_uint64_t, uint64_t)
+FUZZ_NARROW (uint8_t, uint8_t, nbdkit_parse_uint64_t, uint64_t)
+FUZZ_NARROW (uint16_t, uint16_t, nbdkit_parse_uint64_t, uint64_t)
+FUZZ_NARROW (uint32_t, uint32_t, nbdkit_parse_uint64_t, uint64_t)
 
 static void
 fuzz_probability (const char *str)

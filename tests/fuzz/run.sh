@@ -1,5 +1,6 @@
 #!/bin/sh
-# Build the libFuzzer targets in tests/fuzz/ with ASan+UBSan and run
+# Build the libFuzzer targets in tests/fuzz/ with ASan+UBSan (a Meson
+# build in FUZZ_BUILD with -Dfuzzing=true) and run
 # each for FUZZ_SECONDS seconds from its committed seed corpus.
 #
 #   tests/fuzz/run.sh                  every target, FUZZ_SECONDS each
@@ -11,7 +12,7 @@
 # New inputs found go to FUZZ_BUILD/corpus/TARGET/, never into the
 # committed seeds; a crash leaves FUZZ_BUILD/artifacts/TARGET/crash-*
 # and makes the script exit 1.  Reproduce one with
-#   FUZZ_BUILD/fuzz-TARGET FUZZ_BUILD/artifacts/TARGET/crash-...
+#   FUZZ_BUILD/tests/fuzz/fuzz-TARGET FUZZ_BUILD/artifacts/TARGET/crash-...
 set -eu
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -25,55 +26,16 @@ if ! command -v "$cc" >/dev/null; then
   exit 1
 fi
 
-cflags="-g -O1 -std=gnu11 -D_GNU_SOURCE -Wall -Wno-unused-parameter
-  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-  -fno-omit-frame-pointer
-  -I$out -I$top/include -I$top/common/protocol -I$top/common/include
-  -I$top/server"
-
+# The targets and the sources each links are listed once, in
+# tests/fuzz/meson.build; -Dfuzzing=true links them with libFuzzer.
 mkdir -p "$out"
-# What Meson's configure_file writes; the fuzzers load no plugin.
-cat >"$out/config.h.new" <<EOF
-#define PACKAGE_VERSION "fuzz"
-#define BUILD_PLUGINDIR "$out/plugins"
-#define PLUGINDIR "$out/plugins"
-#define NBDKIT_PLUGINDIR "/usr/lib/x86_64-linux-gnu/nbdkit/plugins"
-EOF
-if cmp -s "$out/config.h.new" "$out/config.h"; then
-  rm "$out/config.h.new"
-else
-  mv "$out/config.h.new" "$out/config.h"
+if [ ! -f "$out/build.ninja" ]; then
+  CC=$cc meson setup "$out" -Dfuzzing=true -Dwerror=false \
+    -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug \
+    -Doptimization=1 \
+    -Dc_args="-fno-sanitize-recover=all -fno-omit-frame-pointer" \
+    >"$out/setup.log" 2>&1 || { cat "$out/setup.log" >&2; exit 1; }
 fi
-
-# The sources each target links besides its own file.
-sources_of () {
-  case $1 in
-  fuzz-handshake)
-    for f in "$top"/server/*.c; do
-      [ "$(basename "$f")" = main.c ] || echo "$f"
-    done ;;
-  fuzz-validate)
-    echo "$top/server/protocol-validate.c $top/server/blockstatus.c"
-    echo "$top/server/extents.c" ;;
-  fuzz-parse)
-    echo "$top/server/parse.c" ;;
-  fuzz-data-format)
-    echo "$top/plugins/data/format.c" ;;
-  fuzz-partition)
-    echo "$top/plugins/partitioning/ptable.c" ;;
-  *)
-    echo "run.sh: no source list for $1" >&2
-    return 1 ;;
-  esac
-}
-
-# Extra include directories a target needs.
-includes_of () {
-  case $1 in
-  fuzz-data-format) echo "-I$top/plugins/data" ;;
-  fuzz-partition) echo "-I$top/plugins/partitioning" ;;
-  esac
-}
 
 if [ $# -gt 0 ]; then
   targets=$*
@@ -89,22 +51,9 @@ summary=
 for t in $targets; do
   src=$fuzzdir/$t.c
   [ -f "$src" ] || { echo "run.sh: no $src" >&2; exit 1; }
-  # A target for code not in the tree yet (a plugin still being
-  # written) is skipped, not failed.
-  missing=
-  for f in $(sources_of "$t"); do
-    [ -f "$f" ] || missing="$missing $f"
-  done
-  if [ -n "$missing" ]; then
-    echo "=== $t: skipped, missing:$missing"
-    summary="$summary
-$t: skipped (missing$missing)"
-    continue
-  fi
   echo "=== $t: building"
-  # shellcheck disable=SC2046,SC2086
-  $cc $cflags $(includes_of "$t") -o "$out/$t" "$src" $(sources_of "$t") \
-    -lpthread -ldl -lm
+  ninja -C "$out" "tests/fuzz/$t" >"$out/$t.build.log" 2>&1 ||
+    { cat "$out/$t.build.log" >&2; exit 1; }
 
   seeds=$fuzzdir/corpus/$t
   work=$out/corpus/$t
@@ -119,7 +68,7 @@ $t: skipped (missing$missing)"
   fi
   if ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
      UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-     "$out/$t" -timeout=20 -rss_limit_mb=3072 -max_len=70000 \
+     "$out/tests/fuzz/$t" -timeout=20 -rss_limit_mb=3072 -max_len=70000 \
        -print_final_stats=1 -artifact_prefix="$art/" "$@" >"$log" 2>&1
   then
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
