@@ -91,7 +91,7 @@ conn_new (int fd_in, int fd_out, const struct sockaddr_storage *peer,
   pthread_mutex_init (&conn->big_lock, NULL);
   pthread_cond_init (&conn->big_cond, NULL);
   conn->max_workers =
-    plugin.thread_model == NBDKIT_THREAD_MODEL_PARALLEL ? cfg.threads : 1;
+    stack.thread_model == NBDKIT_THREAD_MODEL_PARALLEL ? cfg.threads : 1;
   if (cfg.handshake_timeout)
     conn->deadline_ms = now_ms () + cfg.handshake_timeout * INT64_C (1000);
 
@@ -122,7 +122,7 @@ conn_free (struct connection *conn)
   if (call_ns != conn->call_ns_start)  /* it made calls */
     atomic_store (&recent_call_ns, call_ns);
   thread_state ()->conn = conn;
-  if (conn->exp.handle)
+  if (conn->exp.top)
     backend_close (&conn->exp);
   thread_state ()->conn = NULL;
   intern_set_free (&conn->interned);
@@ -232,14 +232,14 @@ void
 conn_serve (struct connection *conn)
 {
   bool serialize =
-    plugin.thread_model == NBDKIT_THREAD_MODEL_SERIALIZE_CONNECTIONS;
+    stack.thread_model == NBDKIT_THREAD_MODEL_SERIALIZE_CONNECTIONS;
 
   if (serialize)
     pthread_mutex_lock (&connection_lock);
   thread_state ()->conn = conn;
   conn->nworkers = 1;
   if (atomic_load (&conn->status) == CONN_DEAD ||
-      (plugin.p.preconnect && plugin.p.preconnect (cfg.readonly) == -1) ||
+      stack_preconnect (cfg.readonly) == -1 ||
       handshake (conn) == -1)
     conn_set_status (conn, CONN_DEAD);
   conn->deadline_ms = 0;

@@ -147,7 +147,7 @@ export_open (struct connection *conn, const char *name)
   if (conn->meta_export == NULL || strcmp (conn->meta_export, name) != 0)
     conn->meta_base_alloc = false;
   if (*name == '\0') {
-    resolved = plugin_default_export (cfg.readonly);
+    resolved = stack_default_export (cfg.readonly);
     if (resolved == NULL)
       return -1;
   }
@@ -296,13 +296,13 @@ opt_list (struct connection *conn, uint32_t len, unsigned *budget)
   if (exports == NULL)
     return send_error (conn, NBD_OPT_LIST, NBD_REP_ERR_TOO_BIG,
                        "out of memory building the export list");
-  if (plugin_list_exports (cfg.readonly, exports) == -1) {
+  if (stack_list_exports (cfg.readonly, exports) == -1) {
     exports_free (exports);
     return send_error (conn, NBD_OPT_LIST, NBD_REP_ERR_PLATFORM,
                        "the plugin could not list its exports");
   }
   if (exports->use_default) {
-    const char *def = plugin_default_export (cfg.readonly);
+    const char *def = stack_default_export (cfg.readonly);
 
     if (def && nbdkit_add_export (exports, def, NULL) == -1)
       r = -1;

@@ -118,11 +118,46 @@ struct intern_set;
 struct intern_set **threadlocal_intern_set (void); /* public.c */
 void intern_set_free (struct intern_set **set);
 
+/* The stack of layers a request goes through: the filters, the one
+ * named first nearest the client, then the plugin.  nbdkit-filter.h
+ * calls one layer, as the filter below it sees it, an nbdkit_backend.
+ * Fixed once the server is configured.
+ */
+struct nbdkit_backend {
+  struct nbdkit_backend *next;  /* the layer below; NULL for the plugin */
+  bool is_plugin;
+  unsigned index;               /* 0 for the plugin, counting upwards */
+  const char *name;             /* the filter's or plugin's .name */
+  /* Filters only (the plugin's are in struct plugin). */
+  char *filename;               /* owned: path of the .so */
+  void *dl;                     /* dlopen handle */
+  struct nbdkit_filter f;       /* a copy of its struct */
+};
+
+/* One layer's state for one use of an export: per connection, or
+ * shared when a filter opens it outside a connection.  A filter is
+ * handed a pointer to one as its nbdkit_next (the call table must come
+ * first) and, for its own layer, as its nbdkit_context.
+ */
+struct context {
+  struct nbdkit_next_ops ops;   /* first: filters call next->fn (next) */
+  struct nbdkit_backend *b;
+  void *handle;                 /* the layer's own handle */
+  struct context *c_next;       /* filter: the context below, or NULL */
+  struct connection *conn;      /* borrowed; NULL when shared */
+  bool readonly;
+  bool prepared;                /* .prepare succeeded, not finalized */
+  /* Answers cached for the life of the context, -1 until asked. */
+  int64_t size;
+  int can_write, can_flush, is_rotational, can_trim, can_zero;
+  int can_fast_zero, can_extents, can_fua, can_multi_conn, can_cache;
+};
+
 /* plugin.c: the loaded plugin and the capabilities of an open export. */
 struct export_caps {
   uint64_t size;
   uint16_t eflags;              /* NBD_FLAG_* as advertised (§1.7) */
-  int can_zero;                 /* 0 none, 1 emulate, 2 native */
+  int can_zero;                 /* NBDKIT_ZERO_* */
   int can_fua;                  /* NBDKIT_FUA_* */
   int can_cache;                /* NBDKIT_CACHE_* */
   bool can_extents, can_fast_zero;
@@ -132,6 +167,7 @@ struct export_caps {
 struct plugin {
   char *filename;               /* owned: path of the .so */
   void *dl;                     /* dlopen handle */
+  struct nbdkit_backend backend; /* the bottom layer of the stack */
   struct nbdkit_plugin p;       /* copy, zero-padded to our size */
   const struct nbdkit_plugin *orig; /* the plugin's own struct */
   int thread_model;             /* min (plugin's, thread_model ()) */
@@ -143,6 +179,7 @@ struct plugin {
 extern struct plugin plugin;
 
 int plugin_load (const char *name_or_path);
+void plugin_cleanup (void);
 void plugin_unload (void);
 int plugin_config (const char *key, const char *value);
 const char *plugin_magic_config_key (void);
@@ -156,14 +193,149 @@ const char *plugin_default_export (bool readonly);
 int plugin_list_exports (bool readonly, struct nbdkit_exports *exports);
 int plugin_debug_flag_set (const char *name, const char *flag, int value);
 
-/* backend.c: an open export as seen by the protocol layer.  All data
- * calls return 0 or -1 with the host errno in *err.
+/* plugin-calls.c: the plugin as the bottom layer of a context, with
+ * what it lacks emulated (FUA by flush, zero by write).  Data calls
+ * return 0 or -1 with the errno for the client in *err.
+ */
+void *plugin_open (struct context *c, const char *exportname);
+void plugin_close (struct context *c);
+int64_t plugin_get_size (struct context *c);
+const char *plugin_export_description (struct context *c);
+int plugin_block_size (struct context *c, uint32_t *minimum,
+                       uint32_t *preferred, uint32_t *maximum);
+int plugin_can_write (struct context *c);
+int plugin_can_flush (struct context *c);
+int plugin_is_rotational (struct context *c);
+int plugin_can_trim (struct context *c);
+int plugin_can_zero (struct context *c);
+int plugin_can_fast_zero (struct context *c);
+int plugin_can_extents (struct context *c);
+int plugin_can_fua (struct context *c);
+int plugin_can_multi_conn (struct context *c);
+int plugin_can_cache (struct context *c);
+int plugin_pread (struct context *c, void *buf, uint32_t count,
+                  uint64_t offset, uint32_t flags, int *err);
+int plugin_pwrite (struct context *c, const void *buf, uint32_t count,
+                   uint64_t offset, uint32_t flags, int *err);
+int plugin_flush (struct context *c, uint32_t flags, int *err);
+int plugin_trim (struct context *c, uint32_t count, uint64_t offset,
+                 uint32_t flags, int *err);
+int plugin_zero (struct context *c, uint32_t count, uint64_t offset,
+                 uint32_t flags, int *err);
+int plugin_extents (struct context *c, uint32_t count, uint64_t offset,
+                    uint32_t flags, struct nbdkit_extents *extents,
+                    int *err);
+int plugin_cache (struct context *c, uint32_t count, uint64_t offset,
+                  uint32_t flags, int *err);
+int plugin_write_target (struct context *c, uint32_t count, uint64_t offset,
+                         struct iovec *iov, int *iovcnt, void **token);
+int plugin_write_target_done (struct context *c, void *token, bool commit,
+                              int *err);
+
+/* filter.c: loading and configuring the filters (--filter), and the
+ * calls outside connections that go down the whole stack.
+ */
+struct stack {
+  struct nbdkit_backend *top;   /* the layer clients talk to */
+  unsigned nfilters;
+  int thread_model;             /* the most restrictive of all layers */
+};
+extern struct stack stack;
+
+int filter_add (const char *name_or_path); /* in command-line order */
+void stack_unload (void);
+int stack_config (const char *key, const char *value);
+int stack_config_complete (void);
+int stack_thread_model_settle (void);
+int stack_get_ready (void);
+int stack_after_fork (void);
+void stack_usage (void);
+int stack_preconnect (bool readonly);
+const char *stack_default_export (bool readonly);
+int stack_list_exports (bool readonly, struct nbdkit_exports *exports);
+void *stack_dl_of (const char *name); /* the layer NAME's .so, or NULL */
+
+/* filter-calls.c: a filter as one layer of a context. */
+void *filter_open (struct context *c, bool readonly, const char *exportname);
+void filter_close (struct context *c);
+int filter_prepare (struct context *c);
+int filter_finalize (struct context *c);
+int64_t filter_get_size (struct context *c);
+const char *filter_export_description (struct context *c);
+int filter_block_size (struct context *c, uint32_t *minimum,
+                       uint32_t *preferred, uint32_t *maximum);
+int filter_can_write (struct context *c);
+int filter_can_flush (struct context *c);
+int filter_is_rotational (struct context *c);
+int filter_can_trim (struct context *c);
+int filter_can_zero (struct context *c);
+int filter_can_fast_zero (struct context *c);
+int filter_can_extents (struct context *c);
+int filter_can_fua (struct context *c);
+int filter_can_multi_conn (struct context *c);
+int filter_can_cache (struct context *c);
+int filter_pread (struct context *c, void *buf, uint32_t count,
+                  uint64_t offset, uint32_t flags, int *err);
+int filter_pwrite (struct context *c, const void *buf, uint32_t count,
+                   uint64_t offset, uint32_t flags, int *err);
+int filter_flush (struct context *c, uint32_t flags, int *err);
+int filter_trim (struct context *c, uint32_t count, uint64_t offset,
+                 uint32_t flags, int *err);
+int filter_zero (struct context *c, uint32_t count, uint64_t offset,
+                 uint32_t flags, int *err);
+int filter_extents (struct context *c, uint32_t count, uint64_t offset,
+                    uint32_t flags, struct nbdkit_extents *extents,
+                    int *err);
+int filter_cache (struct context *c, uint32_t count, uint64_t offset,
+                  uint32_t flags, int *err);
+
+/* context.c: opening, preparing, finalizing and closing contexts, and
+ * the calls on one, each answered by its layer (filter or plugin).
+ * The can_* answers and the size are asked once per context.
+ */
+struct context *ctx_open (struct nbdkit_backend *b, bool readonly,
+                          const char *exportname, bool shared);
+int ctx_prepare (struct context *c);
+int ctx_finalize (struct context *c);
+void ctx_close (struct context *c);
+int64_t ctx_get_size (struct context *c);
+const char *ctx_export_description (struct context *c);
+int ctx_block_size (struct context *c, uint32_t *minimum,
+                    uint32_t *preferred, uint32_t *maximum);
+int ctx_can_write (struct context *c);
+int ctx_can_flush (struct context *c);
+int ctx_is_rotational (struct context *c);
+int ctx_can_trim (struct context *c);
+int ctx_can_zero (struct context *c);
+int ctx_can_fast_zero (struct context *c);
+int ctx_can_extents (struct context *c);
+int ctx_can_fua (struct context *c);
+int ctx_can_multi_conn (struct context *c);
+int ctx_can_cache (struct context *c);
+int ctx_pread (struct context *c, void *buf, uint32_t count,
+               uint64_t offset, uint32_t flags, int *err);
+int ctx_pwrite (struct context *c, const void *buf, uint32_t count,
+                uint64_t offset, uint32_t flags, int *err);
+int ctx_flush (struct context *c, uint32_t flags, int *err);
+int ctx_trim (struct context *c, uint32_t count, uint64_t offset,
+              uint32_t flags, int *err);
+int ctx_zero (struct context *c, uint32_t count, uint64_t offset,
+              uint32_t flags, int *err);
+int ctx_extents (struct context *c, uint32_t count, uint64_t offset,
+                 uint32_t flags, struct nbdkit_extents *extents, int *err);
+int ctx_cache (struct context *c, uint32_t count, uint64_t offset,
+               uint32_t flags, int *err);
+
+/* backend.c: an open export as seen by the protocol layer: the stack's
+ * top context, under the thread model's lock.  All data calls return 0
+ * or -1 with the host errno in *err.
  */
 struct export {
-  void *handle;                 /* plugin's handle */
+  struct context *top;          /* open while not NULL */
   struct export_caps caps;
   char *name;                   /* owned: name the client asked for */
   char *description;            /* owned, may be NULL */
+  const char *plugin_name;      /* interned: the name the plugin opened */
 };
 int backend_open (struct export *exp, const char *name, bool readonly);
 void backend_close (struct export *exp);

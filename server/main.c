@@ -43,6 +43,12 @@ struct debug_flag {
 };
 static struct debug_flag *debug_flags;
 
+/* --filter NAME|PATH, in command-line order; loaded once the plugin is,
+ * the last one first (filter.c).
+ */
+static const char **filter_names;
+static size_t nfilter_names;
+
 enum {
   OPT_DUMP_CONFIG = 256, OPT_DUMP_PLUGIN, OPT_EXIT_WITH_PARENT, OPT_FILTER,
   OPT_HELP, OPT_KEEPALIVE, OPT_LOG, OPT_MASK_HANDSHAKE, OPT_MAX_CONNECTIONS,
@@ -184,7 +190,7 @@ apply_debug_flags (void)
      */
     if (strcmp (d->name, "nbdkit") == 0 || strcmp (d->name, "nbdsrv") == 0)
       continue;
-    if (strcmp (d->name, plugin.p.name) != 0)
+    if (stack_dl_of (d->name) == NULL)
       die ("-D %s.%s: no plugin or filter called '%s' is loaded",
            d->name, d->flag, d->name);
     if (plugin_debug_flag_set (d->name, d->flag, d->value) == -1)
@@ -247,8 +253,12 @@ parse_option (int c, const char *arg)
   case OPT_DUMP_PLUGIN: dump_plugin = true; break;
   case OPT_EXIT_WITH_PARENT: cfg.exit_with_parent = true; break;
   case OPT_FILTER:
-    die ("--filter=%s: filters are not supported by this nbdsrv build "
-         "yet: run without --filter", arg);
+    filter_names = realloc (filter_names,
+                            (nfilter_names + 1) * sizeof *filter_names);
+    if (filter_names == NULL)
+      die ("out of memory");
+    filter_names[nfilter_names++] = arg;
+    break;
   case OPT_HELP: help = true; break;
   case OPT_KEEPALIVE: cfg.keepalive = true; break;
   case OPT_LOG: set_log (arg); log_given = true; break;
@@ -291,9 +301,12 @@ static void
 dump_config_and_exit (void)
 {
   printf ("binary=%s\n", "nbdsrv");
+  printf ("build_filterdir=%s\n", BUILD_FILTERDIR);
   printf ("build_plugindir=%s\n", BUILD_PLUGINDIR);
   printf ("exit_with_parent=yes\n");
+  printf ("filterdir=%s\n", FILTERDIR);
   printf ("name=nbdsrv\n");
+  printf ("nbdkit_filterdir=%s\n", NBDKIT_FILTERDIR);
   printf ("nbdkit_plugindir=%s\n", NBDKIT_PLUGINDIR);
   printf ("nbdkit_version=%s\n", NBDKIT_VERSION_STRING);
   printf ("plugindir=%s\n", PLUGINDIR);
@@ -331,7 +344,7 @@ configure_plugin (int argc, char **argv)
     if (eq && is_config_key (argv[i], eq - argv[i])) {
       *eq = '\0';
       key = argv[i];
-      if (plugin_config (key, eq + 1) == -1)
+      if (stack_config (key, eq + 1) == -1)
         exit (EXIT_FAILURE);
       continue;
     }
@@ -341,7 +354,7 @@ configure_plugin (int argc, char **argv)
     if (key == NULL)
       die ("parameter '%s' should be KEY=VALUE (see 'nbdsrv %s --help')",
            argv[i], plugin.p.name);
-    if (plugin_config (key, argv[i]) == -1)
+    if (stack_config (key, argv[i]) == -1)
       exit (EXIT_FAILURE);
   }
 }
@@ -499,16 +512,19 @@ main (int argc, char **argv)
    */
   if (plugin_load (argv[optind++]) == -1)
     exit (EXIT_FAILURE);
+  for (size_t i = nfilter_names; i-- > 0; )
+    if (filter_add (filter_names[i]) == -1)
+      exit (EXIT_FAILURE);
   apply_debug_flags ();
   if (help) {
     usage ();
-    plugin_usage ();
+    stack_usage ();
     exit (EXIT_SUCCESS);
   }
   if (dump_plugin) {
     /* As nbdkit: parameters reach the plugin before it is described. */
     configure_plugin (argc - optind, argv + optind);
-    if (plugin_thread_model_settle () == -1)
+    if (stack_thread_model_settle () == -1)
       exit (EXIT_FAILURE);
     plugin_dump ();
     exit (EXIT_SUCCESS);
@@ -516,9 +532,9 @@ main (int argc, char **argv)
   check_option_combinations ();
   log_open ();
   configure_plugin (argc - optind, argv + optind);
-  if (plugin_config_complete () == -1 ||
-      plugin_thread_model_settle () == -1 ||
-      plugin_get_ready () == -1)
+  if (stack_config_complete () == -1 ||
+      stack_thread_model_settle () == -1 ||
+      stack_get_ready () == -1)
     exit (EXIT_FAILURE);
 
   quit_init ();
@@ -534,7 +550,7 @@ main (int argc, char **argv)
     daemonize ();
   else
     write_pidfile (getpid ());
-  if (plugin_after_fork () == -1) {
+  if (stack_after_fork () == -1) {
     listeners_close (&l);
     exit (EXIT_FAILURE);
   }
@@ -567,7 +583,7 @@ main (int argc, char **argv)
     _exit (EXIT_FAILURE);
   }
   acceptors_wait (true);
-  plugin_unload ();
+  stack_unload ();
   if (cfg.pidfile)
     unlink (cfg.pidfile);
   status = cfg.run ? run_exit_status () : EXIT_SUCCESS;

@@ -124,6 +124,8 @@ plugin_load (const char *name_or_path)
     : sizeof plugin.p;
   memcpy (&plugin.p, p, size);
 
+  plugin.backend.is_plugin = true;
+  plugin.backend.name = plugin.p.name;
   thread_state ()->name = plugin.p.name;
   if (plugin.p._thread_model < 0 ||
       plugin.p._thread_model > NBDKIT_THREAD_MODEL_PARALLEL) {
@@ -144,12 +146,17 @@ plugin_load (const char *name_or_path)
 }
 
 void
+plugin_cleanup (void)
+{
+  if (plugin.dl && plugin.p.cleanup)
+    plugin.p.cleanup ();
+}
+
+void
 plugin_unload (void)
 {
   if (plugin.dl == NULL)
     return;
-  if (plugin.p.cleanup)
-    plugin.p.cleanup ();
   if (plugin.p.unload)
     plugin.p.unload ();
   intern_set_free (&plugin.interned);
@@ -249,7 +256,8 @@ plugin_dump (void)
   printf ("api_version=%d\n", p->_api_version);
   printf ("struct_size=%" PRIu64 "\n", p->_struct_size);
   printf ("max_thread_model=%s\n", thread_model_names[p->_thread_model & 3]);
-  printf ("thread_model=%s\n", thread_model_names[plugin.thread_model]);
+  /* With filters: the model of the whole stack, as nbdkit prints. */
+  printf ("thread_model=%s\n", thread_model_names[stack.thread_model]);
   printf ("errno_is_preserved=%d\n", p->errno_is_preserved);
   if (plugin_magic_config_key ())
     printf ("magic_config_key=%s\n", plugin_magic_config_key ());
@@ -300,7 +308,7 @@ plugin_debug_flag_set (const char *name, const char *flag, int value)
   for (char *s = sym; *s; s++)
     if (*s == '-' || *s == '.')
       *s = '_';
-  var = dlsym (plugin.dl, sym);
+  var = dlsym (stack_dl_of (name), sym);
   if (var == NULL) {
     fprintf (stderr, "nbdsrv: error: -D %s.%s: the plugin has no debug "
              "flag '%s' (no symbol %s)\n", name, flag, flag, sym);

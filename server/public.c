@@ -28,7 +28,8 @@ nbdkit_export_name (void)
     nbdkit_error ("nbdkit_export_name: no export is being opened");
     return NULL;
   }
-  return conn->exp.name;
+  /* The name the plugin was opened with: a filter may change it. */
+  return conn->exp.plugin_name ? conn->exp.plugin_name : conn->exp.name;
 }
 
 int
