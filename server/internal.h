@@ -73,6 +73,12 @@ int thread_start_detached (void *(*fn) (void *), void *arg); /* 0/errno */
 void thread_clear_error (void);
 struct nbdkit_extents *thread_extents (void); /* NULL: ENOMEM */
 
+/* stdio.c: the caller's stdin and stdout, kept aside (-1 if closed)
+ * while fds 0 and 1 point at /dev/null from get_ready on.
+ */
+extern int stdio_in, stdio_out;
+int stdio_detach (void);
+
 /* quit.c: shutting the server down. */
 extern volatile int quit;       /* set once; never cleared */
 extern int quit_fd;             /* becomes readable once quit is set */

@@ -460,14 +460,18 @@ daemonize (void)
   }
   if (chdir ("/") == -1)
     server_error ("chdir /: %m");
-  fd = open ("/dev/null", O_RDWR);
-  if (fd >= 0) {
-    dup2 (fd, 0);
-    dup2 (fd, 1);
-    if (cfg.log_to != LOG_TO_STDERR)
+  /* Keeping the caller's stdout open would hang a caller that reads
+   * it to the end, as $(nbdsrv ...) does.
+   */
+  close (stdio_in);
+  close (stdio_out);
+  stdio_in = stdio_out = -1;
+  if (cfg.log_to != LOG_TO_STDERR) {
+    fd = open ("/dev/null", O_RDWR);
+    if (fd >= 0 && fd != 2) {
       dup2 (fd, 2);
-    if (fd > 2)
       close (fd);
+    }
   }
 }
 
@@ -532,9 +536,13 @@ main (int argc, char **argv)
   check_option_combinations ();
   log_open ();
   configure_plugin (argc - optind, argv + optind);
+  /* As nbdkit 1.32: stdin and stdout are the plugin's up to get_ready
+   * and /dev/null from after_fork on.
+   */
   if (stack_config_complete () == -1 ||
       stack_thread_model_settle () == -1 ||
-      stack_get_ready () == -1)
+      stack_get_ready () == -1 ||
+      stdio_detach () == -1)
     exit (EXIT_FAILURE);
 
   quit_init ();
@@ -560,10 +568,8 @@ main (int argc, char **argv)
   else {
     char *uri = uri_new (&l);
 
-    if (cfg.print_uri && uri) {
-      printf ("%s\n", uri);
-      fflush (stdout);
-    }
+    if (cfg.print_uri && uri && stdio_out >= 0)
+      dprintf (stdio_out, "%s\n", uri);
     if (cfg.run && (uri == NULL || run_start (&l, uri) == -1))
       quit_set ();
     free (uri);
@@ -580,13 +586,13 @@ main (int argc, char **argv)
     /* A plugin call is stuck: unloading under it would crash. */
     if (cfg.pidfile)
       unlink (cfg.pidfile);
-    _exit (EXIT_FAILURE);
+    _exit (cfg.run ? run_wait () : EXIT_FAILURE);
   }
   acceptors_wait (true);
   stack_unload ();
   if (cfg.pidfile)
     unlink (cfg.pidfile);
-  status = cfg.run ? run_exit_status () : EXIT_SUCCESS;
+  status = cfg.run ? run_wait () : EXIT_SUCCESS;
   debug ("exiting with status %d", status);
   return status;
 }

@@ -6,6 +6,6 @@ struct listeners;
 
 char *uri_new (const struct listeners *l);      /* caller frees */
 int run_start (const struct listeners *l, const char *uri);
-int run_exit_status (void);
+int run_wait (void);               /* the command's exit status */
 
 #endif /* NBDSRV_RUN_H */

@@ -391,23 +391,25 @@ acceptors_wait (bool all)
   pthread_mutex_unlock (&acceptors_lock);
 }
 
-/* -s: one client on stdin/stdout.  It is served in its own thread, as
- * any client, and the main thread waits for quit (set by a signal, or
- * when the client's connection closes), so shutdown works the same.
+/* -s: one client on the stdin/stdout the server was started with
+ * (kept aside by stdio_detach, which pointed fds 0 and 1 at /dev/null
+ * so nothing else writes to the client).  It is served in its own
+ * thread, as any client, and the main thread waits for quit (set by a
+ * signal, or when the client's connection closes), so shutdown works
+ * the same.
  */
 void
 serve_single (void)
 {
-  struct connection *conn = conn_new (dup (0), dup (1), NULL, 0);
-  int null = open ("/dev/null", O_RDWR | O_CLOEXEC);
   struct pollfd pfd = { .fd = quit_fd, .events = POLLIN };
+  struct connection *conn;
 
-  /* Keep fds 0 and 1 occupied so nothing else writes to the client. */
-  if (null >= 0) {
-    dup2 (null, 0);
-    dup2 (null, 1);
-    close (null);
+  if (stdio_in == -1 || stdio_out == -1) {
+    server_error ("-s: stdin or stdout is closed: start the server with "
+                  "the client's connection on both");
+    return;
   }
+  conn = conn_new (stdio_in, stdio_out, NULL, 0);
   if (conn == NULL || conn_spawn (conn) == -1)
     return;
   while (!quit)
