@@ -290,10 +290,11 @@ class ServerSpec:
     """
 
     def __init__(self, key, short, backing, ref, build, listen,
-                 forks=False, export=""):
+                 forks=False, export="", cases=None):
         self.key, self.short, self.backing = key, short, backing
         self.ref, self.build, self.listen = ref, build, listen
         self.forks, self.export = forks, export
+        self.cases = cases              # case keys, or None for all
         self.unavailable = None         # reason, when it cannot run
 
     def instances(self):
@@ -335,6 +336,30 @@ def nbd_server(ctx, listen):
     return ["nbd-server", "-C", conf, "-p", pidfile], pidfile
 
 
+# Filter stacks over the memory plugin, each run by nbdsrv and by
+# Debian's nbdkit with the same command line, on the cases that show
+# what a layer costs per request.  nbdsrv finds its own filters first,
+# nbdkit its own.
+STACKS = {
+    "3pass": ["--filter=nofilter"] * 3,
+    "cow-cache": ["--filter=cow", "--filter=cache"],
+}
+STACK_CASES = ("4k-randread-qd32", "4k-randwrite-qd32", "1m-write-qd8")
+
+
+def stack_specs(ctx, mem):
+    specs = []
+    for name, filters in STACKS.items():
+        args = lambda c, f=filters: f + mem(c)
+        specs.append(ServerSpec(f"nbdsrv-{name}", f"srv-{name}", "memory",
+                                None, nbdkit_like(ctx.nbdsrv, args),
+                                "activation", cases=STACK_CASES))
+        specs.append(ServerSpec(f"nbdkit-{name}", f"kit-{name}", "memory",
+                                f"nbdsrv-{name}", nbdkit_like("nbdkit", args),
+                                "activation", cases=STACK_CASES))
+    return specs
+
+
 def make_specs(ctx):
     mem = lambda c: ["memory", f"size={DISK_SIZE}"]
     nbdsrv_file = lambda c: [c.nbdsrv_file_plugin, "file=" + c.image]
@@ -354,7 +379,7 @@ def make_specs(ctx):
                    qemu_nbd("io_uring"), "separate"),
         ServerSpec("nbd-server", "nbd-srv", "file", "nbdsrv-file",
                    nbd_server, "dual", forks=True, export="disk"),
-    ]
+    ] + stack_specs(ctx, mem)
 
 
 def check_available(spec):
@@ -716,7 +741,8 @@ def over_budget(ctx):
 def run_instance(ctx, spec, transports, rnd):
     """Start SPEC listening on TRANSPORTS, run their cases, stop it."""
     rec = ctx.results[spec.key]
-    cases = [c for c in ctx.cases if c.transport in transports]
+    cases = [c for c in ctx.cases if c.transport in transports
+             and (spec.cases is None or c.key in spec.cases)]
     if not cases or over_budget(ctx):
         return
     where = "+".join(transports)
@@ -941,6 +967,22 @@ def evaluate_targets(summary):
            ratio(get("nbdsrv-memory", "connect"), qemu), 1.0)
     target("conn/s nbdsrv-file/best qemu-nbd",
            ratio(get("nbdsrv-file", "connect"), qemu), 1.0)
+    # The filter stack: three pass-through filters cost at most 10% more
+    # server CPU per 4k request than none, and every stack keeps the
+    # bare plugin's ratio to nbdkit (stack ratio / bare ratio >= 1).
+    for case in ("4k-randread-qd32", "4k-randwrite-qd32"):
+        target(f"CPU/req {case} nbdsrv-3pass/nbdsrv-memory",
+               ratio(get("nbdsrv-3pass", case, "cpu_us_per_req"),
+                     get("nbdsrv-memory", case, "cpu_us_per_req")),
+               1.10, True)
+    for name in STACKS:
+        for case in STACK_CASES:
+            bare = ratio(get("nbdsrv-memory", case),
+                         get("nbdkit-memory", case))
+            stack = ratio(get(f"nbdsrv-{name}", case),
+                          get(f"nbdkit-{name}", case))
+            target(f"vs nbdkit {case} {name} stack / bare",
+                   ratio(stack, bare), 1.0)
     peak = summary.get("nbdsrv-memory", {}).get("peak_rss_mib")
     # "within 10% of bytes written + a few MiB": 1.10 x 1024 + 16 MiB.
     allowed = 1.10 * DISK_SIZE / MiB + 16
@@ -1010,7 +1052,9 @@ def parse_args(argv):
     p.add_argument("--servers", metavar="KEY,...",
                    help="only these servers (nbdsrv-memory, nbdkit-memory, "
                         "nbdsrv-file, nbdkit-file, qemu-nbd-threads, "
-                        "qemu-nbd-io_uring, nbd-server)")
+                        "qemu-nbd-io_uring, nbd-server, and the filter "
+                        "stacks nbdsrv-3pass, nbdkit-3pass, "
+                        "nbdsrv-cow-cache, nbdkit-cow-cache)")
     p.add_argument("--cases", metavar="KEY,...",
                    help="only these cases (" +
                         ", ".join(c.key for c in CASES) + ")")
