@@ -295,14 +295,23 @@ def client_view(srv, writable):
     return view
 
 
+DEBIAN_MEMORY = "/usr/lib/x86_64-linux-gnu/nbdkit/plugins/" \
+    "nbdkit-memory-plugin.so"
+
+
+@pytest.mark.parametrize("plugin", ["memory", DEBIAN_MEMORY],
+                         ids=["our-memory", "debian-memory"])
 @pytest.mark.parametrize("name", sorted(SIMPLE_CONFIGS))
-def test_debian_filter_under_nbdsrv(server, name):
-    """Each Debian filter .so runs under nbdsrv over our memory plugin,
-    and a client sees what it sees under Debian's nbdkit."""
+def test_debian_filter_under_nbdsrv(server, name, plugin):
+    """Each Debian filter .so runs under nbdsrv, over our memory plugin
+    and over Debian's, and a client sees what it sees under Debian's
+    nbdkit (with Debian's memory plugin)."""
     path = debian_filter(name)
-    args = ["--filter=" + path, "memory", "1M"] + SIMPLE_CONFIGS[name]
-    ours = client_view(server(*args, impl="nbdsrv"), writable=True)
-    theirs = client_view(server(*args, impl="nbdkit"), writable=True)
+    config = ["1M"] + SIMPLE_CONFIGS[name]
+    ours = client_view(server("--filter=" + path, plugin, *config,
+                              impl="nbdsrv"), writable=True)
+    theirs = client_view(server("--filter=" + path, "memory", *config,
+                                impl="nbdkit"), writable=True)
     assert ours == theirs
 
 
