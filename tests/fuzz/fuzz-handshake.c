@@ -349,6 +349,10 @@ plugin_setup (void)
     p->export_description = fz_export_description;
   }
   plugin.thread_model = p->_thread_model;
+  /* The stack is the plugin alone. */
+  plugin.backend.is_plugin = true;
+  plugin.backend.name = p->name;
+  stack.thread_model = plugin.thread_model;
 
   cfg.readonly = conf0 & 0x01;
   cfg.no_sr = conf0 & 0x02;
