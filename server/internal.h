@@ -73,6 +73,13 @@ int thread_start_detached (void *(*fn) (void *), void *arg); /* 0/errno */
 void thread_clear_error (void);
 struct nbdkit_extents *thread_extents (void); /* NULL: ENOMEM */
 
+/* probe.c: --dump-config, --version, --short/long-options. */
+struct option;
+void probe_dump_config (void);
+void probe_version (bool with_stack);
+void probe_short_options (const char *short_opts);
+void probe_long_options (const struct option *long_opts);
+
 /* stdio.c: the caller's stdin and stdout, kept aside (-1 if closed)
  * while fds 0 and 1 point at /dev/null from get_ready on.
  */
@@ -184,6 +191,7 @@ struct plugin {
 };
 extern struct plugin plugin;
 
+void plugin_script_exec (int argc, char **argv, int plugin_index);
 int plugin_load (const char *name_or_path);
 void plugin_cleanup (void);
 void plugin_unload (void);

@@ -55,7 +55,7 @@ enum {
   OPT_NO_MC,
   OPT_NO_SR, OPT_PRINT_URI, OPT_RUN, OPT_SELINUX_LABEL, OPT_SWAP,
   OPT_TIMEOUT, OPT_TLS, OPT_TLS_CERTIFICATES, OPT_TLS_PSK,
-  OPT_TLS_VERIFY_PEER, OPT_VSOCK,
+  OPT_TLS_VERIFY_PEER, OPT_VSOCK, OPT_SHORT_OPTIONS, OPT_LONG_OPTIONS,
 };
 
 static const char short_opts[] = ":46D:e:fg:i:noP:p:rst:U:u:vV";
@@ -78,6 +78,7 @@ static const struct option long_opts[] = {
   { "ipv6-only", no_argument, NULL, '6' },
   { "keepalive", no_argument, NULL, OPT_KEEPALIVE },
   { "log", required_argument, NULL, OPT_LOG },
+  { "long-options", no_argument, NULL, OPT_LONG_OPTIONS },
   { "mask-handshake", required_argument, NULL, OPT_MASK_HANDSHAKE },
   { "max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS },
   { "new-style", no_argument, NULL, 'n' },
@@ -96,6 +97,7 @@ static const struct option long_opts[] = {
   { "readonly", no_argument, NULL, 'r' },
   { "run", required_argument, NULL, OPT_RUN },
   { "selinux-label", required_argument, NULL, OPT_SELINUX_LABEL },
+  { "short-options", no_argument, NULL, OPT_SHORT_OPTIONS },
   { "single", no_argument, NULL, 's' },
   { "stdin", no_argument, NULL, 's' },
   { "swap", no_argument, NULL, OPT_SWAP },
@@ -220,7 +222,7 @@ set_log (const char *arg)
 static const char *bad_option_name (void);
 
 static bool log_given;
-static bool dump_config, dump_plugin, help;
+static bool dump_config, dump_plugin, help, version;
 
 static void
 parse_option (int c, const char *arg)
@@ -245,10 +247,7 @@ parse_option (int c, const char *arg)
   case 'U': cfg.unixsocket = arg; break;
   case 'u': user = arg; break;
   case 'v': cfg.verbose = true; break;
-  case 'V':
-    printf ("nbdsrv %s (plugin API of nbdkit %s)\n", PACKAGE_VERSION,
-            NBDKIT_VERSION_STRING);
-    exit (EXIT_SUCCESS);
+  case 'V': version = true; break;
   case OPT_DUMP_CONFIG: dump_config = true; break;
   case OPT_DUMP_PLUGIN: dump_plugin = true; break;
   case OPT_EXIT_WITH_PARENT: cfg.exit_with_parent = true; break;
@@ -275,6 +274,12 @@ parse_option (int c, const char *arg)
   case OPT_PRINT_URI: cfg.print_uri = true; break;
   case OPT_RUN: cfg.run = arg; break;
   case OPT_SELINUX_LABEL: break;        /* accepted, not applied */
+  case OPT_SHORT_OPTIONS:
+    probe_short_options (short_opts);
+    exit (EXIT_SUCCESS);
+  case OPT_LONG_OPTIONS:
+    probe_long_options (long_opts);
+    exit (EXIT_SUCCESS);
   case OPT_SWAP:
     die ("--swap is not supported: drop it, or use nbdkit");
   case OPT_TIMEOUT:
@@ -295,24 +300,6 @@ parse_option (int c, const char *arg)
   default:
     die ("unknown option '%s': see 'nbdsrv --help'", bad_option_name ());
   }
-}
-
-static void
-dump_config_and_exit (void)
-{
-  printf ("binary=%s\n", "nbdsrv");
-  printf ("build_filterdir=%s\n", BUILD_FILTERDIR);
-  printf ("build_plugindir=%s\n", BUILD_PLUGINDIR);
-  printf ("exit_with_parent=yes\n");
-  printf ("filterdir=%s\n", FILTERDIR);
-  printf ("name=nbdsrv\n");
-  printf ("nbdkit_filterdir=%s\n", NBDKIT_FILTERDIR);
-  printf ("nbdkit_plugindir=%s\n", NBDKIT_PLUGINDIR);
-  printf ("nbdkit_version=%s\n", NBDKIT_VERSION_STRING);
-  printf ("plugindir=%s\n", PLUGINDIR);
-  printf ("tls=no\n");
-  printf ("version=%s\n", PACKAGE_VERSION);
-  exit (EXIT_SUCCESS);
 }
 
 /* KEY=VALUE with KEY like an identifier: anything else is a bare VALUE
@@ -501,11 +488,17 @@ main (int argc, char **argv)
   saved_argv = argv;
   while ((c = getopt_long (argc, argv, short_opts, long_opts, NULL)) != -1)
     parse_option (c, optarg);
-  if (dump_config)
-    dump_config_and_exit ();
+  if (dump_config) {
+    probe_dump_config ();
+    exit (EXIT_SUCCESS);
+  }
   if (optind >= argc) {
     if (help) {
       usage ();
+      exit (EXIT_SUCCESS);
+    }
+    if (version) {
+      probe_version (false);
       exit (EXIT_SUCCESS);
     }
     die ("no plugin given: try 'nbdsrv memory size=1G' or "
@@ -514,11 +507,17 @@ main (int argc, char **argv)
   /* getopt has moved the options first, so options may come anywhere
    * on the line, as with nbdkit.
    */
+  plugin_script_exec (argc, argv, optind);
   if (plugin_load (argv[optind++]) == -1)
     exit (EXIT_FAILURE);
   for (size_t i = nfilter_names; i-- > 0; )
     if (filter_add (filter_names[i]) == -1)
       exit (EXIT_FAILURE);
+  if (version) {
+    /* As nbdkit: the plugin must load; its parameters are not used. */
+    probe_version (true);
+    exit (EXIT_SUCCESS);
+  }
   apply_debug_flags ();
   if (help) {
     usage ();

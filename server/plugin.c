@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -38,32 +39,94 @@ is_plugin_name (const char *s)
   return true;
 }
 
+static const char *const plugin_dirs[] = {
+  BUILD_PLUGINDIR, PLUGINDIR, NBDKIT_PLUGINDIR,
+};
+#define N_PLUGIN_DIRS (sizeof plugin_dirs / sizeof plugin_dirs[0])
+
+enum plugin_kind { PLUGIN_NONE, PLUGIN_SO, PLUGIN_SCRIPT };
+
+/* What plugin NAME is in DIR, with its path in PATH: the shared object
+ * nbdkit-NAME-plugin.so, else an executable nbdkit-NAME-plugin (a
+ * script that names its interpreter plugin in its "#!" line, as
+ * Debian's nbdkit-example4-plugin).
+ */
+static enum plugin_kind
+plugin_in_dir (const char *dir, const char *name, char *path, size_t size)
+{
+  struct stat st;
+
+  snprintf (path, size, "%s/nbdkit-%s-plugin.so", dir, name);
+  if (stat (path, &st) == 0)
+    return PLUGIN_SO;
+  snprintf (path, size, "%s/nbdkit-%s-plugin", dir, name);
+  if (stat (path, &st) == 0 && S_ISREG (st.st_mode) &&
+      access (path, X_OK) == 0)
+    return PLUGIN_SCRIPT;
+  return PLUGIN_NONE;
+}
+
 /* NAME or a path: the build tree, then our install directory, then
  * nbdkit's own plugin directory, so scripts written for nbdkit keep
- * working with plugins nbdsrv does not ship yet.
+ * working with plugins nbdsrv does not ship yet.  Script plugins were
+ * run by plugin_script_exec before this is called.
  */
 static char *
 plugin_find (const char *name)
 {
-  const char *dirs[] = { BUILD_PLUGINDIR, PLUGINDIR, NBDKIT_PLUGINDIR };
   char path[PATH_MAX];
-  struct stat st;
 
   if (!is_plugin_name (name)) {
     char *abs = realpath (name, NULL);
 
     return abs ? abs : strdup (name);   /* dlopen reports the error */
   }
-  for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
-    snprintf (path, sizeof path, "%s/nbdkit-%s-plugin.so", dirs[i], name);
-    if (stat (path, &st) == 0)
+  for (size_t i = 0; i < N_PLUGIN_DIRS; i++)
+    if (plugin_in_dir (plugin_dirs[i], name, path, sizeof path) == PLUGIN_SO)
       return strdup (path);
-  }
   fprintf (stderr, "nbdsrv: error: unknown plugin '%s': no "
            "nbdkit-%s-plugin.so in %s, %s or %s; give the plugin's path "
            "or see 'nbdsrv --help'\n", name, name, BUILD_PLUGINDIR,
            PLUGINDIR, NBDKIT_PLUGINDIR);
   return NULL;
+}
+
+/* When ARGV[PLUGIN_INDEX] names a script plugin (found before any
+ * shared object of that name), run it as nbdkit does: argv[0] is the
+ * name, then the options (getopt has moved them before the plugin
+ * name), then the parameters.  The kernel then runs the interpreter
+ * from its "#!" line with the script's path and those arguments.
+ * Returns only when there is no such script.
+ */
+void
+plugin_script_exec (int argc, char **argv, int plugin_index)
+{
+  const char *name = argv[plugin_index];
+  enum plugin_kind kind = PLUGIN_NONE;
+  char path[PATH_MAX];
+  char **args;
+  int i, n = 0;
+
+  if (!is_plugin_name (name))
+    return;
+  for (size_t d = 0; kind == PLUGIN_NONE && d < N_PLUGIN_DIRS; d++)
+    kind = plugin_in_dir (plugin_dirs[d], name, path, sizeof path);
+  if (kind != PLUGIN_SCRIPT)
+    return;
+  args = calloc (argc + 1, sizeof *args);
+  if (args == NULL) {
+    perror ("nbdsrv: calloc");
+    exit (EXIT_FAILURE);
+  }
+  args[n++] = (char *) name;
+  for (i = 1; i < plugin_index; i++)
+    args[n++] = argv[i];
+  for (i = plugin_index + 1; i < argc; i++)
+    args[n++] = argv[i];
+  execv (path, args);
+  fprintf (stderr, "nbdsrv: error: cannot run plugin script %s: %m: "
+           "check its \"#!\" line\n", path);
+  exit (EXIT_FAILURE);
 }
 
 static int
