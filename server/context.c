@@ -262,10 +262,44 @@ ctx_trim (struct context *c, uint32_t count, uint64_t offset,
   return LAYER (c, trim, count, offset, flags, err);
 }
 
+/* Emulated zero of a filter layer writes from this buffer.  Never
+ * written itself, it stays in .bss and the shared zero page.
+ */
+#define ZERO_PIECE (1024 * 1024)
+static char zero_piece[ZERO_PIECE];
+
+/* A filter whose can_zero is NBDKIT_ZERO_EMULATE is never called for
+ * zero (nbdkit-filter(3)): the server writes zeroes through the
+ * filter's own pwrite, FUA on the last piece, and a fast zero fails at
+ * once as nbdkit's does.  The plugin layer emulates in plugin_zero.
+ */
+static int
+zero_by_writing (struct context *c, uint32_t count, uint64_t offset,
+                 uint32_t flags, int *err)
+{
+  uint32_t n;
+
+  if (flags & NBDKIT_FLAG_FAST_ZERO) {
+    *err = ENOTSUP;
+    return -1;
+  }
+  while (count > 0) {
+    n = MIN (count, (uint32_t) ZERO_PIECE);
+    if (ctx_pwrite (c, zero_piece, n, offset,
+                    n == count ? flags & NBDKIT_FLAG_FUA : 0, err) == -1)
+      return -1;
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
 int
 ctx_zero (struct context *c, uint32_t count, uint64_t offset,
           uint32_t flags, int *err)
 {
+  if (!c->b->is_plugin && ctx_can_zero (c) == NBDKIT_ZERO_EMULATE)
+    return zero_by_writing (c, count, offset, flags, err);
   return LAYER (c, zero, count, offset, flags, err);
 }
 
