@@ -1,0 +1,673 @@
+"""Filters, group A: nozero, noextents, nocache, noparallel, fua,
+offset, truncate (and more as they land).
+
+Every test runs one command line twice: under Debian's nbdkit with
+Debian's own filter (the reference), and under a candidate, then
+compares what a real client saw.  The candidates are nbdsrv with our
+filter, and Debian's nbdkit with our filter's .so (marked nbdkit_plugin,
+so a sanitized build leaves that half out).
+
+Most tests stack the filter over a logging plugin: a Debian sh-plugin
+script backed by a file, which appends each data call it receives
+(method, count, offset, flags) to a log.  The log shows exactly what
+the filter passed down (a zero turned into writes, a flag dropped, a
+request shifted or split), and comparing logs compares the filter's
+behaviour, not only its results.  Each server gets its own disk and
+log, so one cannot see the other's writes.
+"""
+import itertools
+import os
+import random
+import subprocess
+
+import pytest
+
+from conftest import BINARIES, filter_path, server_env
+from util import (SH_PLUGIN, block_status, connect, errno_of, export_flags,
+                  write_script)
+
+nbd = pytest.importorskip("nbd")
+
+KiB = 1024
+MiB = 1 << 20
+DISK_SIZE = MiB
+
+DEBIAN_FILTERDIR = "/usr/lib/x86_64-linux-gnu/nbdkit/filters"
+
+# Hang protection for a server that should refuse to start.
+START_TIMEOUT = 60
+
+CANDIDATES = [
+    "nbdsrv",
+    pytest.param("ours-nbdkit", marks=pytest.mark.nbdkit_plugin),
+]
+
+# The logging plugin.  Capabilities come from the environment so that
+# one script covers every case: CAN_FLUSH, CAN_ZERO, CAN_FAST_ZERO,
+# CAN_TRIM (yes/no), CAN_FUA, CAN_CACHE (none/emulate/native),
+# BLOCK_SIZE ("min pref max", or unset).  Extents: the first half of
+# the disk is data, the second half a hole.
+LOG_PLUGIN = r"""#!/bin/bash
+yes () { [ "${1:-yes}" = yes ] && exit 0 || exit 3; }
+zeroes () {
+  dd if=/dev/zero of="$DISK" seek="$2" count="$1" iflag=count_bytes \
+     oflag=seek_bytes conv=notrunc status=none
+}
+case "$1" in
+  get_size) stat -c %s "$DISK" ;;
+  can_write|can_extents|can_multi_conn) exit 0 ;;
+  can_flush) yes "$CAN_FLUSH" ;;
+  can_zero) yes "$CAN_ZERO" ;;
+  can_fast_zero) yes "$CAN_FAST_ZERO" ;;
+  can_trim) yes "$CAN_TRIM" ;;
+  can_fua) echo "${CAN_FUA:-native}" ;;
+  can_cache) echo "${CAN_CACHE:-native}" ;;
+  block_size)
+    [ -n "$BLOCK_SIZE" ] || exit 2
+    echo "$BLOCK_SIZE" ;;
+  pread)
+    echo "pread $3 $4" >> "$LOG"
+    dd if="$DISK" skip="$4" count="$3" iflag=skip_bytes,count_bytes \
+       status=none ;;
+  pwrite)
+    echo "pwrite $3 $4 $5" >> "$LOG"
+    dd of="$DISK" seek="$4" oflag=seek_bytes conv=notrunc status=none ;;
+  zero|trim)
+    echo "$1 $3 $4 $5" >> "$LOG"
+    zeroes "$3" "$4" ;;
+  flush) echo "flush $3" >> "$LOG" ;;
+  cache) echo "cache $3 $4" >> "$LOG" ;;
+  extents)
+    echo "extents $3 $4 $5" >> "$LOG"
+    half=$(( $(stat -c %s "$DISK") / 2 ))
+    echo "0 $half 0"
+    echo "$half $half 3" ;;
+  *) exit 2 ;;
+esac
+"""
+
+
+def disk_bytes(seed=1, size=DISK_SIZE):
+    return random.Random(seed).randbytes(size)
+
+
+class Rig:
+    """Starts the servers of one test, each with its own disk and log."""
+
+    def __init__(self, server, tmp_path):
+        self.server = server
+        self.tmp = tmp_path
+        self.script = write_script(tmp_path, "log.sh", LOG_PLUGIN)
+        self.count = itertools.count()
+
+    def filter_args(self, which, filters):
+        if which == "ours-nbdkit":
+            return ["--filter=" + filter_path(f) for f in filters]
+        return ["--filter=" + f for f in filters]
+
+    def impl(self, which):
+        return "nbdsrv" if which == "nbdsrv" else "nbdkit"
+
+    def command(self, which, filters, args, env=None, size=DISK_SIZE,
+                opts=()):
+        """The server arguments and environment for WHICH ('debian',
+        'ours-nbdkit' or 'nbdsrv') with FILTERS over the logging plugin
+        and the parameters ARGS; and the disk and log paths."""
+        n = next(self.count)
+        disk = self.tmp / ("disk%d" % n)
+        disk.write_bytes(disk_bytes(size=size))
+        log = self.tmp / ("log%d" % n)
+        log.write_text("")
+        full_env = dict(os.environ, DISK=str(disk), LOG=str(log))
+        full_env.update(env or {})
+        argv = (list(opts) + self.filter_args(which, filters)
+                + [SH_PLUGIN, self.script] + list(args))
+        return argv, full_env, disk, log
+
+    def start(self, which, filters, args, env=None, size=DISK_SIZE,
+              opts=()):
+        """Start a server over the logging plugin (with server options
+        OPTS); returns the server with .disk and .log (Paths) set."""
+        argv, full_env, disk, log = self.command(which, filters, args, env,
+                                                 size, opts)
+        srv = self.server(*argv, impl=self.impl(which), env=full_env)
+        srv.disk, srv.log = disk, log
+        return srv
+
+    def start_plain(self, which, filters, args):
+        """Start a server with FILTERS over a plugin named in ARGS."""
+        return self.server(*(self.filter_args(which, filters) + list(args)),
+                           impl=self.impl(which))
+
+    def compare(self, which, filters, args, observe, env=None,
+                size=DISK_SIZE, opts=()):
+        """OBSERVE(server) under Debian's filter and under WHICH; assert
+        they agree and return the reference observation."""
+        want = observe(self.start("debian", filters, args, env, size, opts))
+        got = observe(self.start(which, filters, args, env, size, opts))
+        assert got == want
+        return want
+
+    def compare_plain(self, which, filters, args, observe):
+        want = observe(self.start_plain("debian", filters, args))
+        got = observe(self.start_plain(which, filters, args))
+        assert got == want
+        return want
+
+    def refuse(self, which, filters, args, env=None):
+        """Start WHICH expecting it to refuse the command line; returns
+        (exit status, stderr lines)."""
+        argv, full_env, _, _ = self.command(which, filters, args, env)
+        impl = self.impl(which)
+        sock = str(self.tmp / ("refused%d" % next(self.count)))
+        proc = subprocess.run([BINARIES[impl], "-f", "-U", sock] + argv,
+                              stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True,
+                              env=server_env(impl, full_env),
+                              timeout=START_TIMEOUT)
+        assert not os.path.exists(sock), "%s left a socket" % which
+        return proc.returncode, proc.stderr.splitlines()
+
+    def compare_refused(self, which, filters, args, env=None):
+        """Both refuse ARGS with exit status 1 and one line on stderr;
+        returns our line."""
+        status, lines = self.refuse("debian", filters, args, env)
+        assert status == 1 and lines, "nbdkit accepted %s" % (args,)
+        status, lines = self.refuse(which, filters, args, env)
+        assert status == 1
+        assert len(lines) == 1, lines
+        return lines[0]
+
+
+@pytest.fixture
+def rig(server, tmp_path):
+    return Rig(server, tmp_path)
+
+
+@pytest.fixture(params=CANDIDATES)
+def which(request):
+    return request.param
+
+
+def log_lines(srv):
+    """The data calls the plugin saw, in order."""
+    return srv.log.read_text().splitlines()
+
+
+def reset_log(srv):
+    srv.log.write_text("")
+
+
+def flags_of(srv):
+    h = connect(srv)
+    try:
+        return export_flags(h)
+    finally:
+        h.shutdown()
+
+
+def connect_error(srv):
+    """None if a client can connect to SRV, else 'refused'."""
+    h = nbd.NBD()
+    try:
+        h.connect_uri(srv.uri)
+    except nbd.Error:
+        return "refused"
+    h.shutdown()
+    return None
+
+
+def run_ops(srv, ops):
+    """Run OPS (a list of (name, args...)) on one connection; return,
+    for each, its result (data read, errno or 0) and the plugin calls
+    it caused."""
+    h = connect(srv)
+    results = []
+    try:
+        for op in ops:
+            reset_log(srv)
+            name, args = op[0], op[1:]
+            if name == "pread":
+                out = []
+                err = errno_of(lambda: out.append(h.pread(*args)))
+                res = out[0] if out else err
+            elif name == "block_status":
+                out = []
+                err = errno_of(lambda: out.append(block_status(h, *args)))
+                res = out[0] if out else err
+            else:
+                res = errno_of(lambda: getattr(h, name)(*args))
+            results.append((op, res, log_lines(srv)))
+    finally:
+        h.shutdown()
+    return results
+
+
+def ops_observer(ops):
+    return lambda srv: run_ops(srv, ops)
+
+
+# ---------------------------------------------------------------- nozero
+
+ZEROMODES = ["none", "emulate", "notrim", "plugin"]
+FASTZEROMODES = ["default", "none", "slow", "ignore"]
+
+
+@pytest.mark.parametrize("zeromode", ZEROMODES)
+@pytest.mark.parametrize("fastzeromode", FASTZEROMODES)
+def test_nozero_modes(rig, which, zeromode, fastzeromode):
+    """Flags, and what a zero (plain, may-trim, fua, fast) turns into
+    below, for every pair of modes."""
+    ops = [("zero", 4096, 8192, nbd.CMD_FLAG_NO_HOLE),
+           ("zero", 4096, 8192),
+           ("zero", 4096, 8192, nbd.CMD_FLAG_FUA),
+           ("zero", 4096, 8192, nbd.CMD_FLAG_FAST_ZERO),
+           ("pread", 16, 8190)]
+
+    def observe(srv):
+        flags = flags_of(srv)
+        return flags, run_ops(srv, ops if flags["can_zero"] else ops[-1:])
+
+    flags, results = rig.compare(which, ["nozero"],
+                                 ["zeromode=" + zeromode,
+                                  "fastzeromode=" + fastzeromode],
+                                 observe)
+    assert flags["can_zero"] == (zeromode != "none")
+    if zeromode == "emulate":
+        assert results[1][2] == ["pwrite 4096 8192 "]
+        # ENOTSUP, or EINVAL where fast zero is not offered at all.
+        # The server never calls an emulated zero fast, so even
+        # fastzeromode=ignore fails them (nbdkit does the same).
+        assert results[3][1] == (22 if fastzeromode == "none" else 95)
+    if zeromode == "notrim":
+        assert results[1][2] == ["zero 4096 8192 "]
+    assert results[-1][1] == disk_bytes()[8190:8192] + bytes(14) \
+        or zeromode == "none"
+
+
+def test_nozero_large_emulated_zero(rig, which):
+    """An emulated zero larger than the filter's write buffer is
+    written in pieces that cover it exactly."""
+    def observe(srv):
+        h = connect(srv)
+        h.zero(3 * MiB // 2, 0)
+        calls = log_lines(srv)
+        data = h.pread(3 * MiB // 2 + 512, 0)
+        h.shutdown()
+        return calls, data
+
+    # Compared on content and coverage only: the piece size is ours.
+    for impl in ("debian", which):
+        srv = rig.start(impl, ["nozero"], ["zeromode=emulate"],
+                        size=2 * MiB)
+        calls, data = observe(srv)
+        assert data == bytes(3 * MiB // 2) + disk_bytes(
+            size=2 * MiB)[3 * MiB // 2:3 * MiB // 2 + 512]
+        covered = 0
+        for c in calls:
+            name, count, offset = c.split()[:3]
+            assert name == "pwrite" and int(offset) == covered
+            covered += int(count)
+        assert covered == 3 * MiB // 2
+
+
+@pytest.mark.parametrize("zeromode", ["notrim", "plugin"])
+def test_nozero_read_only(rig, which, zeromode):
+    """A read-only export is never offered zero: notrim and plugin
+    connect anyway."""
+    def observe(srv):
+        return connect_error(srv), flags_of(srv)["can_zero"]
+
+    assert rig.compare(which, ["nozero"], ["zeromode=" + zeromode],
+                       observe, opts=["-r"]) == (None, False)
+
+
+@pytest.mark.parametrize("zeromode", ["notrim", "plugin"])
+def test_nozero_needs_zero_below(rig, which, zeromode):
+    """notrim and plugin over a layer that cannot zero (Debian's nozero
+    with its default zeromode=none) fail the connection, and the server
+    goes on.  No reference: nbdkit's nozero loaded twice shares one
+    zeromode, so this stack has no nbdkit-only equivalent."""
+    argv = rig.filter_args(which, ["nozero"]) + [
+        "--filter=" + os.path.join(DEBIAN_FILTERDIR,
+                                   "nbdkit-nozero-filter.so")]
+    srv = rig.server(*(argv + ["memory", "1M", "zeromode=" + zeromode]),
+                     impl=rig.impl(which))
+    assert connect_error(srv) == "refused"
+    assert srv.alive()
+    assert "nozero" in srv.stderr_text()
+
+
+@pytest.mark.parametrize("zeromode", ["notrim", "plugin"])
+def test_nozero_plugin_without_zero(rig, which, zeromode):
+    """A writable plugin without zero still has zero emulated by the
+    server: notrim and plugin pass zeroes down as writes."""
+    ops = [("zero", 4096, 0), ("pread", 8, 4092)]
+    results = rig.compare(which, ["nozero"], ["zeromode=" + zeromode],
+                          ops_observer(ops), env={"CAN_ZERO": "no"})
+    assert results[0][1] == 0 and results[0][2][0].startswith("pwrite")
+    assert results[1][1] == bytes(4) + disk_bytes()[4096:4100]
+
+
+@pytest.mark.parametrize("param", ["zeromode=foo", "fastzeromode=bar"])
+def test_nozero_bad_mode(rig, which, param):
+    line = rig.compare_refused(which, ["nozero"], [param])
+    assert "nozero" in line and param.split("=")[1] in line
+
+
+# ------------------------------------------------------------- noextents
+
+def test_noextents(rig, which):
+    """Block status is not offered; the client sees all data and the
+    plugin is never asked."""
+    def observe(srv):
+        h = connect(srv)
+        can = h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+        h.shutdown()
+        mapped = subprocess.run(["nbdinfo", "--map", "--json", srv.uri],
+                                capture_output=True, text=True,
+                                timeout=60).stdout
+        return can, mapped, log_lines(srv)
+
+    can, mapped, calls = rig.compare(which, ["noextents"], [], observe)
+    # base:allocation is still negotiated, answered as all data.
+    assert can is True
+    assert '"type": 0' in mapped and '"type": 3' not in mapped
+    assert calls == []
+
+
+def test_noextents_qemu_img_map(rig, which):
+    def observe(srv):
+        return subprocess.run(["qemu-img", "map", "--output=json",
+                               "-f", "raw", srv.uri],
+                              capture_output=True, text=True,
+                              timeout=60).stdout
+
+    out = rig.compare(which, ["noextents"], [], observe)
+    assert '"data": true' in out and '"data": false' not in out
+
+
+# --------------------------------------------------------------- nocache
+
+@pytest.mark.parametrize("cachemode", [None, "none", "emulate", "nop"])
+@pytest.mark.parametrize("plugin_cache", ["native", "none"])
+def test_nocache_modes(rig, which, cachemode, plugin_cache):
+    args = [] if cachemode is None else ["cachemode=" + cachemode]
+
+    def observe(srv):
+        flags = flags_of(srv)
+        ops = [("cache", 8192, 4096)] if flags["can_cache"] else []
+        return flags["can_cache"], run_ops(srv, ops)
+
+    can, results = rig.compare(which, ["nocache"], args, observe,
+                               env={"CAN_CACHE": plugin_cache})
+    assert can == (cachemode in ("emulate", "nop"))
+    if cachemode == "emulate":
+        # The server reads instead of asking the plugin to cache.
+        assert results[0][2] and all(c.startswith("pread")
+                                     for c in results[0][2])
+    if cachemode == "nop":
+        assert results[0][1] == 0 and results[0][2] == []
+
+
+def test_nocache_bad_mode(rig, which):
+    line = rig.compare_refused(which, ["nocache"], ["cachemode=always"])
+    assert "nocache" in line and "always" in line
+
+
+# ------------------------------------------------------------ noparallel
+
+def dump_plugin(which, filters, args):
+    """--dump-plugin's thread_model line for WHICH."""
+    impl = "nbdsrv" if which == "nbdsrv" else "nbdkit"
+    fargs = (["--filter=" + filter_path(f) for f in filters]
+             if which == "ours-nbdkit" else ["--filter=" + f for f in filters])
+    out = subprocess.run([BINARIES[impl]] + fargs + ["memory", "1M"]
+                         + list(args) + ["--dump-plugin"],
+                         capture_output=True, text=True,
+                         env=server_env(impl), timeout=START_TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    return [l for l in out.stdout.splitlines()
+            if l.startswith("thread_model=")]
+
+
+@pytest.mark.parametrize("args,model", [
+    ([], "serialize_requests"),
+    (["serialize=requests"], "serialize_requests"),
+    (["serialize=all-requests"], "serialize_all_requests"),
+    (["serialise=all_requests"], "serialize_all_requests"),
+    (["serialize=connections"], "serialize_connections"),
+])
+def test_noparallel_thread_model(which, args, model):
+    want = dump_plugin("debian", ["noparallel"], args)
+    assert want == ["thread_model=" + model]
+    assert dump_plugin(which, ["noparallel"], args) == want
+
+
+@pytest.mark.parametrize("mode", ["requests", "connections"])
+def test_noparallel_multi_conn(rig, which, mode):
+    """serialize=connections stops advertising multi-conn."""
+    flags = rig.compare_plain(which, ["noparallel"],
+                              ["memory", "1M", "serialize=" + mode],
+                              flags_of)
+    assert flags["can_multi_conn"] == (mode != "connections")
+
+
+def test_noparallel_bad_mode(rig, which):
+    line = rig.compare_refused(which, ["noparallel"], ["serialize=none"])
+    assert "noparallel" in line and "none" in line
+
+
+# ------------------------------------------------------------------ fua
+
+FUA_OPS = [("pwrite", b"x" * 512, 0, nbd.CMD_FLAG_FUA),
+           ("pwrite", b"y" * 512, 512),
+           ("zero", 512, 1024, nbd.CMD_FLAG_FUA | nbd.CMD_FLAG_NO_HOLE),
+           ("trim", 512, 2048, nbd.CMD_FLAG_FUA),
+           ("flush",),
+           ("pread", 4, 510)]
+
+
+def fua_observe(srv):
+    flags = flags_of(srv)
+    ops = [op if flags["can_fua"] or len(op) < 4
+           else op[:3] + (op[3] & ~nbd.CMD_FLAG_FUA,) for op in FUA_OPS]
+    if not flags["can_flush"]:
+        ops = [op for op in ops if op[0] != "flush"]
+    return flags["can_fua"], flags["can_flush"], run_ops(srv, ops)
+
+
+@pytest.mark.parametrize("fuamode",
+                         [None, "emulate", "native", "force", "pass",
+                          "discard"])
+@pytest.mark.parametrize("plugin_fua", ["native", "emulate"])
+def test_fua_modes(rig, which, fuamode, plugin_fua):
+    args = [] if fuamode is None else ["fuamode=" + fuamode]
+    can_fua, can_flush, results = rig.compare(
+        which, ["fua"], args, fua_observe, env={"CAN_FUA": plugin_fua})
+    assert can_fua == (fuamode is not None)
+    assert can_flush
+    calls = [c for r in results for c in r[2]]
+    if fuamode == "discard":
+        assert "flush " not in calls and not any("fua" in c for c in calls)
+    if fuamode == "force":
+        assert results[1][2] == (["pwrite 512 512 fua"]
+                                 if plugin_fua == "native"
+                                 else ["pwrite 512 512 ", "flush "])
+
+
+def test_fua_none_is_the_default(rig, which):
+    """fuamode=none names the default.  nbdkit 1.32 refuses it although
+    its manual documents it (a bug); we accept it and behave as with no
+    fuamode."""
+    status, lines = rig.refuse("debian", ["fua"], ["fuamode=none"])
+    assert status == 1 and "unknown fuamode 'none'" in lines[-1]
+    want = fua_observe(rig.start("debian", ["fua"], []))
+    assert fua_observe(rig.start(which, ["fua"], ["fuamode=none"])) == want
+
+
+@pytest.mark.parametrize("fuamode,env", [
+    ("emulate", {"CAN_FLUSH": "no"}),
+    ("native", {"CAN_FUA": "none", "CAN_FLUSH": "no"}),
+    ("force", {"CAN_FUA": "none", "CAN_FLUSH": "no"}),
+])
+def test_fua_needs_plugin_support(rig, which, fuamode, env):
+    def observe(srv):
+        return connect_error(srv), srv.alive()
+
+    assert rig.compare(which, ["fua"], ["fuamode=" + fuamode], observe,
+                       env=env) == ("refused", True)
+
+
+@pytest.mark.parametrize("fuamode", ["force", "discard", "pass"])
+def test_fua_without_plugin_flush(rig, which, fuamode):
+    """force and discard offer flush even where the plugin has none."""
+    can_fua, can_flush, _ = rig.compare(
+        which, ["fua"], ["fuamode=" + fuamode], fua_observe,
+        env={"CAN_FLUSH": "no", "CAN_FUA": "native"})
+    assert can_flush == (fuamode != "pass")
+
+
+def test_fua_bad_mode(rig, which):
+    line = rig.compare_refused(which, ["fua"], ["fuamode=sometimes"])
+    assert "fua" in line and "sometimes" in line
+
+
+# --------------------------------------------------------------- offset
+
+@pytest.mark.parametrize("args", [
+    ["offset=4096"],
+    ["offset=4096", "range=65536"],
+    ["range=100000"],
+    ["offset=1M"],
+    ["offset=512k", "range=512k"],
+])
+def test_offset_window(rig, which, args):
+    """Size, reads, writes, zero, trim, cache and block status, all
+    shifted into the window."""
+    def observe(srv):
+        h = connect(srv)
+        size = h.get_size()
+        h.shutdown()
+        if size == 0:
+            return size, []
+        ops = [("pread", min(size, 1000), 0),
+               ("pread", min(size, 1000), size - min(size, 1000)),
+               ("pwrite", b"w" * min(size, 700), 0),
+               ("zero", min(size, 300), 0),
+               ("trim", min(size, 200), size - min(size, 200)),
+               ("cache", min(size, 4096), 0),
+               ("block_status", size, 0),
+               ("pread", min(size, 1000), 0),
+               ("pread", 1, size)]
+        return size, run_ops(srv, ops)
+
+    size, results = rig.compare(which, ["offset"], args, observe)
+    start = int(nbd_size(args, "offset"))
+    assert size == int(nbd_size(args, "range", DISK_SIZE - start))
+    if size:
+        assert results[0][1] == disk_bytes()[start:start + min(size, 1000)]
+        assert results[-1][1] == 22     # EINVAL: past the end
+
+
+def nbd_size(args, key, default=0):
+    """The value of KEY= in ARGS, with k and M suffixes."""
+    for a in args:
+        if a.startswith(key + "="):
+            v = a.split("=", 1)[1]
+            mult = {"k": KiB, "M": MiB}.get(v[-1], 1)
+            return int(v.rstrip("kM")) * mult
+    return default
+
+
+@pytest.mark.parametrize("args", [["offset=2M"],
+                                  ["offset=512k", "range=1M"],
+                                  ["range=2M"]])
+def test_offset_past_the_end(rig, which, args):
+    """A window past the end fails the connection, not the server."""
+    def observe(srv):
+        return connect_error(srv), srv.alive()
+
+    assert rig.compare(which, ["offset"], args, observe) == ("refused", True)
+
+
+@pytest.mark.parametrize("param", ["offset=-1", "range=-1", "offset=x"])
+def test_offset_bad_parameter(rig, which, param):
+    rig.compare_refused(which, ["offset"], [param])
+
+
+def test_offset_qemu_img(rig, which, tmp_path):
+    """qemu-img convert copies exactly the window."""
+    def observe(srv):
+        out = tmp_path / ("copy%d" % next(rig.count))
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw",
+                        srv.uri, str(out)], check=True, timeout=120)
+        return out.read_bytes()
+
+    data = rig.compare(which, ["offset"], ["offset=4k", "range=64k"],
+                       observe)
+    assert data == disk_bytes()[4096:4096 + 65536]
+
+
+# ------------------------------------------------------------- truncate
+
+@pytest.mark.parametrize("args", [
+    ["truncate=1000"],
+    ["truncate=1100000"],
+    ["truncate=1000", "round-up=512"],
+    ["round-up=4M"],
+    ["round-down=64k", "truncate=1000000"],
+    ["truncate=1048576"],
+])
+def test_truncate_sizes(rig, which, args):
+    """Size, and reads, writes, zero, trim, cache and block status
+    across the end of the plugin."""
+    def observe(srv):
+        h = connect(srv)
+        size = h.get_size()
+        h.shutdown()
+        tail = min(size, 4096)
+        ops = [("pread", tail, size - tail),
+               ("pwrite", b"a" * tail, size - tail),
+               ("pwrite", bytes(tail), size - tail),
+               ("zero", tail, size - tail),
+               ("trim", tail, size - tail),
+               ("cache", tail, size - tail),
+               ("block_status", tail, size - tail),
+               ("pread", tail, size - tail)]
+        return size, run_ops(srv, ops)
+
+    size, results = rig.compare(which, ["truncate"], args, observe)
+    assert size > 0
+    if size > DISK_SIZE:
+        assert results[1][1] != 0       # non-zero data past the end
+        assert results[2][1] == 0       # zeroes are fine
+        assert results[0][1][-1:] == b"\0"
+
+
+def test_truncate_qemu_io(rig, which):
+    """qemu-io across the old end: data before it, only zeroes after."""
+    def observe(srv):
+        out = subprocess.run(
+            ["qemu-io", "-f", "raw", "-c", "write -P 0x55 1020k 4k",
+             "-c", "read -P 0x55 1020k 4k", "-c", "write -P 0x55 1040k 8k",
+             "-c", "write -z 1048k 8k", "-c", "read -P 0 1048k 8k",
+             srv.uri], capture_output=True, text=True, timeout=60)
+        # Drop the timing lines.
+        return out.returncode, [l for l in out.stdout.splitlines()
+                                if "ops/sec" not in l]
+
+    rc, lines = rig.compare(which, ["truncate"], ["round-up=2M"], observe)
+    assert rc == 1
+    assert lines == ["wrote 4096/4096 bytes at offset 1044480",
+                     "read 4096/4096 bytes at offset 1044480",
+                     "write failed: No space left on device",
+                     "wrote 8192/8192 bytes at offset 1073152",
+                     "read 8192/8192 bytes at offset 1073152"]
+
+
+@pytest.mark.parametrize("param", ["round-up=3", "round-up=0",
+                                   "round-down=3", "truncate=-1",
+                                   "round-down=0"])
+def test_truncate_bad_parameter(rig, which, param):
+    rig.compare_refused(which, ["truncate"], [param])
