@@ -186,11 +186,13 @@ backend_cache (struct export *exp, uint32_t count, uint64_t offset,
   LOCKED (ctx_cache (exp->top, count, offset, flags, err));
 }
 
+/* EXTENTS is the caller's, reset to start at OFFSET or continuing a
+ * list that ends there.
+ */
 int
 backend_extents (struct export *exp, uint32_t count, uint64_t offset,
                  uint32_t flags, struct nbdkit_extents *extents, int *err)
 {
-  extents_reset (extents, offset, exp->caps.size);
   LOCKED (ctx_extents (exp->top, count, offset, flags, extents, err));
 }
 

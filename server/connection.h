@@ -34,7 +34,9 @@ struct connection {
 
   /* Negotiated during the handshake; read-only afterwards. */
   bool no_zeroes;               /* client set C_NO_ZEROES */
-  bool structured;              /* NBD_OPT_STRUCTURED_REPLY */
+  bool structured;              /* NBD_OPT_STRUCTURED_REPLY, or implied
+                                   by extended headers (X-2) */
+  bool extended;                /* NBD_OPT_EXTENDED_HEADERS (§6) */
   bool meta_base_alloc;         /* base:allocation selected */
   char *meta_export;            /* owned: name SET_META_CONTEXT saw */
   bool listed;                  /* NBD_OPT_LIST answered once */

@@ -410,6 +410,29 @@ opt_meta_context (struct connection *conn, uint32_t option,
   return send_ack (conn, option);
 }
 
+/* NBD_OPT_EXTENDED_HEADERS (X-1): 64-bit requests and replies.  They
+ * imply structured replies (X-2), so --no-sr refuses them too.
+ */
+static int
+opt_extended_headers (struct connection *conn, uint32_t len)
+{
+  uint32_t option = NBD_OPT_EXTENDED_HEADERS;
+
+  if (len != 0)
+    return send_error (conn, option, NBD_REP_ERR_INVALID,
+                       "NBD_OPT_EXTENDED_HEADERS takes no data");
+  if (cfg.no_sr)
+    return send_error (conn, option, NBD_REP_ERR_UNSUP,
+                       "extended headers need structured replies, which "
+                       "are disabled (--no-sr)");
+  if (conn->extended)
+    return send_error (conn, option, NBD_REP_ERR_INVALID,
+                       "extended headers are already on");
+  conn->extended = true;
+  conn->structured = true;
+  return send_ack (conn, option);
+}
+
 /* Handle one option.  Returns 1 when transmission starts, 0 to go on
  * haggling, -1 to disconnect.
  */
@@ -424,6 +447,11 @@ option_dispatch (struct connection *conn, uint32_t option,
                        "fixed newstyle");
   switch (option) {
   case NBD_OPT_EXPORT_NAME:
+    if (conn->extended) {                                     /* */
+      server_error ("client sent NBD_OPT_EXPORT_NAME after extended "
+                    "headers, which need NBD_OPT_GO: disconnecting");
+      return -1;
+    }
     return opt_export_name (conn, data, len);
   case NBD_OPT_ABORT:
     send_ack (conn, option);
@@ -447,11 +475,17 @@ option_dispatch (struct connection *conn, uint32_t option,
     if (cfg.no_sr)
       return send_error (conn, option, NBD_REP_ERR_UNSUP,
                          "structured replies are disabled (--no-sr)");
+    if (conn->extended)                                       /* */
+      return send_error (conn, option, NBD_REP_ERR_EXT_HEADER_REQD,
+                         "extended headers are on, and they cannot be "
+                         "turned back into structured replies");
     if (conn->structured)
       return send_error (conn, option, NBD_REP_ERR_INVALID,
                          "structured replies are already on");
     conn->structured = true;
     return send_ack (conn, option);
+  case NBD_OPT_EXTENDED_HEADERS:
+    return opt_extended_headers (conn, len);
   case NBD_OPT_LIST_META_CONTEXT:
   case NBD_OPT_SET_META_CONTEXT:
     if (cfg.no_mc)
@@ -475,7 +509,7 @@ option_read (struct connection *conn, uint32_t option, uint32_t len,
 
   if (len > OPTION_MAX_BUFFERED) {
     bool known = option >= NBD_OPT_EXPORT_NAME &&
-      option <= NBD_OPT_SET_META_CONTEXT && option != 4;
+      option <= NBD_OPT_EXTENDED_HEADERS && option != 4;
 
     if (conn_skip (conn, len) == -1)
       return -1;

@@ -16,6 +16,32 @@ request_decode (const struct nbd_request *wire, struct request *req)
   req->cookie = wire->cookie;   /* opaque: echoed back as received */
   req->offset = be64toh (wire->offset);
   req->count = be32toh (wire->count);
+  req->payload = req->type == NBD_CMD_WRITE ? req->count : 0;
+}
+
+/* X-8: with PAYLOAD_LEN the length is the payload's, which for WRITE is
+ * also its effect; without it there is no payload and the length is
+ * the effect's, all 64 bits.  Any other command's payload has no
+ * effect length we use (X-10 refuses it), so its count is 0.
+ */
+void
+request_decode_ext (const struct nbd_request_ext *wire,
+                    struct request *req)
+{
+  uint64_t len = be64toh (wire->count);
+
+  req->flags = be16toh (wire->flags);
+  req->type = be16toh (wire->type);
+  req->cookie = wire->cookie;
+  req->offset = be64toh (wire->offset);
+  if (req->flags & NBD_CMD_FLAG_PAYLOAD_LEN) {
+    req->payload = len;
+    req->count = req->type == NBD_CMD_WRITE ? len : 0;
+  }
+  else {
+    req->payload = 0;
+    req->count = len;
+  }
 }
 
 const char *
@@ -49,6 +75,13 @@ request_validate (const struct validate_state *st, const struct request *r,
   const bool writes = t == NBD_CMD_WRITE || t == NBD_CMD_TRIM ||
     t == NBD_CMD_WRITE_ZEROES;
 
+  /* Framing first: which length means what depends on these. */
+  if (st->extended && t == NBD_CMD_WRITE &&
+      !(f & NBD_CMD_FLAG_PAYLOAD_LEN))                            /* */
+    FAIL (EINVAL, "WRITE without PAYLOAD_LEN under extended headers");
+  if (st->extended && t != NBD_CMD_WRITE &&
+      (f & NBD_CMD_FLAG_PAYLOAD_LEN))                             /* */
+    FAIL (EINVAL, "a payload is only valid on WRITE");
   if (writes && (st->eflags & NBD_FLAG_READ_ONLY))                /* V-1 */
     FAIL (EROFS, "the export is read-only");
   switch (t) {                                                    /* V-2 */
@@ -70,7 +103,8 @@ request_validate (const struct validate_state *st, const struct request *r,
     FAIL (EINVAL, "unknown command");
   }
   if (f & ~(NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_DF |
-            NBD_CMD_FLAG_REQ_ONE | NBD_CMD_FLAG_FAST_ZERO))       /* V-5 */
+            NBD_CMD_FLAG_REQ_ONE | NBD_CMD_FLAG_FAST_ZERO |
+            (st->extended ? NBD_CMD_FLAG_PAYLOAD_LEN : 0)))       /* V-5 */
     FAIL (EINVAL, "unknown command flags");
   if ((f & NBD_CMD_FLAG_NO_HOLE) && t != NBD_CMD_WRITE_ZEROES)    /* V-6 */
     FAIL (EINVAL, "NO_HOLE is only valid on WRITE_ZEROES");

@@ -89,6 +89,7 @@ validate_state_of (const struct connection *conn, struct validate_state *st)
   st->size = conn->exp.caps.size;
   st->eflags = conn->exp.caps.eflags;
   st->structured = conn->structured;
+  st->extended = conn->extended;
   st->meta_base_alloc = conn->meta_base_alloc;
   st->align = conn->align;
 }
@@ -144,18 +145,25 @@ request_recv_in_place (struct connection *conn, struct work *w)
 /* Read one request.  Returns 1 with W filled, 0 when this worker should
  * stop (EOF, DISC, a dead stream).  Caller holds read_lock.
  */
+/* Read and decode one request header: 28 bytes, or 32 with extended
+ * headers (X-7).  The compact part comes first, so a request of the
+ * wrong shape is caught by its magic before waiting for more bytes.
+ * Returns 0 when the connection should stop.
+ */
 static int
-request_recv (struct connection *conn, struct work *w)
+request_header_recv (struct connection *conn, struct request *r)
 {
-  struct nbd_request wire;
-  struct validate_state st;
-  struct request *r = &w->req;
+  union {
+    struct nbd_request compact;
+    struct nbd_request_ext ext;
+  } wire;
+  const size_t tail = sizeof wire.ext - sizeof wire.compact;
+  uint32_t want = conn->extended ? NBD_EXTENDED_REQUEST_MAGIC
+    : NBD_REQUEST_MAGIC;
 
-  w->big = false;
-  w->in_place = false;
-  if (atomic_load (&conn->status) < CONN_ACTIVE)                  /* R-2 */
-    return 0;
-  if (conn_read (conn, &wire, sizeof wire) == -1) {
+  if (conn_read (conn, &wire, sizeof wire.compact) == -1 ||
+      (be32toh (wire.compact.magic) == want && conn->extended &&
+       conn_read (conn, (char *) &wire + sizeof wire.compact, tail) == -1)) {
     if (errno == 0)                                               /* R-3 */
       conn_set_status (conn, CONN_CLIENT_DONE);
     else {
@@ -165,13 +173,32 @@ request_recv (struct connection *conn, struct work *w)
     }
     return 0;
   }
-  if (be32toh (wire.magic) != NBD_REQUEST_MAGIC) {                /* R-4 */
-    server_error ("client sent a request with bad magic %#" PRIx32
-                  ": disconnecting", be32toh (wire.magic));
+  if (be32toh (wire.compact.magic) != want) {               /* R-4, X-7 */
+    server_error ("client sent a request with magic %#" PRIx32 ", not "
+                  "%#" PRIx32 " as negotiated: disconnecting",
+                  be32toh (wire.compact.magic), want);
     conn_set_status (conn, CONN_DEAD);
     return 0;
   }
-  request_decode (&wire, r);
+  if (conn->extended)
+    request_decode_ext (&wire.ext, r);
+  else
+    request_decode (&wire.compact, r);
+  return 1;
+}
+
+static int
+request_recv (struct connection *conn, struct work *w)
+{
+  struct validate_state st;
+  struct request *r = &w->req;
+
+  w->big = false;
+  w->in_place = false;
+  if (atomic_load (&conn->status) < CONN_ACTIVE)                  /* R-2 */
+    return 0;
+  if (request_header_recv (conn, r) == 0)
+    return 0;
   if (r->type == NBD_CMD_DISC) {                                  /* R-5 */
     debug ("client sent DISC");
     conn_set_status (conn, CONN_CLIENT_DONE);
@@ -201,16 +228,17 @@ request_recv (struct connection *conn, struct work *w)
       w->why = "out of memory for the request buffer";
     }
   }
-  if (r->type != NBD_CMD_WRITE)
+  if (r->payload == 0)
     return 1;
-  if (w->err) {                                                   /* R-9 */
-    if (r->count > 2 * (uint64_t) NBD_MAX_REQUEST_SIZE) {
-      server_error ("client sent a WRITE of %" PRIu64 " bytes, too large "
-                    "to skip: disconnecting", r->count);
+  if (w->err) {                                             /* R-9, X-10 */
+    if (r->payload > 2 * (uint64_t) NBD_MAX_REQUEST_SIZE) {
+      server_error ("client sent a %s payload of %" PRIu64 " bytes, too "
+                    "large to skip: disconnecting", nbd_cmd_name (r->type),
+                    r->payload);
       conn_set_status (conn, CONN_DEAD);
       return 0;
     }
-    if (conn_skip (conn, r->count) == -1) {
+    if (conn_skip (conn, r->payload) == -1) {
       conn_set_status (conn, CONN_DEAD);
       return 0;
     }
@@ -224,6 +252,64 @@ request_recv (struct connection *conn, struct work *w)
   return 1;
 }
 
+/* Calls on the stack take 32-bit counts; a 64-bit request under
+ * extended headers (X-11) becomes calls of at most SPLIT_MAX bytes in
+ * ascending order.  A multiple of every power-of-two block size up to
+ * 1 GiB, so the pieces stay aligned.
+ */
+#define SPLIT_MAX (UINT32_C (3) << 30)
+
+typedef int split_fn (struct export *exp, uint32_t count, uint64_t offset,
+                      uint32_t flags, int *err);
+
+static int
+split_run (split_fn *fn, struct export *exp, const struct request *r,
+           uint32_t flags, int *err)
+{
+  uint64_t offset = r->offset, left = r->count;
+
+  while (left > 0) {
+    uint32_t n = left > SPLIT_MAX ? SPLIT_MAX : (uint32_t) left;
+
+    if (fn (exp, n, offset, flags, err) == -1)
+      return -1;
+    offset += n;
+    left -= n;
+  }
+  return 0;
+}
+
+/* Extents for [offset, offset+count) into E.  The stack takes 32-bit
+ * counts; a longer request (extended headers, X-11) asks again from
+ * where each answer ended, as long as the answer reached the end of
+ * what was asked (longer extents are then likely), at most
+ * EXTENTS_ROUNDS times.  A later round that fails only shortens the
+ * answer, which R-22 allows.
+ */
+#define EXTENTS_ROUNDS 16
+
+static int
+extents_collect (struct connection *conn, const struct request *r,
+                 struct nbdkit_extents *e, int *err)
+{
+  uint64_t pos = r->offset, end = r->offset + r->count;
+  uint32_t flags = plugin_flags (r);
+
+  extents_reset (e, r->offset, conn->exp.caps.size);
+  for (int round = 0; round < EXTENTS_ROUNDS && pos < end; round++) {
+    uint32_t n = end - pos > SPLIT_MAX ? SPLIT_MAX : (uint32_t) (end - pos);
+    int ignored;
+
+    if (backend_extents (&conn->exp, n, pos, flags, e,
+                         round == 0 ? err : &ignored) == -1)
+      return round == 0 ? -1 : 0;
+    if (e->next < pos + n)
+      break;
+    pos = e->next;
+  }
+  return 0;
+}
+
 /* Block status: extents into the thread's list, descriptors into the
  * thread's buffer, one chunk out.  Nothing is allocated per request.
  */
@@ -232,28 +318,31 @@ do_block_status (struct connection *conn, bool batch,
                  const struct request *r, int *err)
 {
   struct nbdkit_extents *e = thread_extents ();
-  struct nbd_block_descriptor *desc;
   bool req_one = r->flags & NBD_CMD_FLAG_REQ_ONE;
+  size_t size = conn->extended ? sizeof (struct nbd_block_descriptor_ext)
+    : sizeof (struct nbd_block_descriptor);
   size_t max, n;
+  void *desc;
 
   if (e == NULL) {
     *err = ENOMEM;
     return -1;
   }
-  if (backend_extents (&conn->exp, r->count, r->offset, plugin_flags (r),
-                       e, err) == -1)
+  if (extents_collect (conn, r, e, err) == -1)
     return -1;
-  /* The request is under 4 GiB, so only the extent that reaches its
-   * end can need a second (split) descriptor: len + 1 is enough.
+  /* Only a 32-bit descriptor can need splitting, and then the request
+   * is under 4 GiB, so only the extent that reaches its end needs a
+   * second one: len + 1 is enough.
    */
   max = req_one ? 1 : MIN (e->len + 1, (size_t) BLOCKSTATUS_MAX_DESC);
-  desc = thread_buffer (max * sizeof *desc);
+  desc = thread_buffer (max * size);
   if (desc == NULL) {
     *err = ENOMEM;
     return -1;
   }
-  n = blockstatus_encode (e, r->offset, r->count, req_one, desc, max);
-  reply_block_status (conn, batch, r->cookie, desc, n);
+  n = blockstatus_encode (e, r->offset, r->count, req_one, conn->extended,
+                          desc, max);
+  reply_block_status (conn, batch, r, 1, desc, n, true);
   return -2;                    /* the reply is sent */
 }
 
@@ -277,11 +366,11 @@ request_run (struct connection *conn, bool batch, struct work *w, int *err)
   case NBD_CMD_FLUSH:
     return backend_flush (exp, 0, err);
   case NBD_CMD_TRIM:
-    return backend_trim (exp, r->count, r->offset, f, err);
+    return split_run (backend_trim, exp, r, f, err);
   case NBD_CMD_CACHE:
-    return backend_cache (exp, r->count, r->offset, 0, err);
+    return split_run (backend_cache, exp, r, 0, err);
   case NBD_CMD_WRITE_ZEROES:
-    return backend_zero (exp, r->count, r->offset, f, err);
+    return split_run (backend_zero, exp, r, f, err);
   case NBD_CMD_BLOCK_STATUS:
     return do_block_status (conn, batch, r, err);
   default:
@@ -304,7 +393,7 @@ reply_failure (struct connection *conn, bool batch, const struct work *w,
   int len;
 
   if (!conn->structured) {
-    reply_simple (conn, batch, r->cookie, nbd_err);
+    reply_simple (conn, batch, r, nbd_err);
     return;
   }
   if (w->why)
@@ -322,7 +411,7 @@ reply_failure (struct connection *conn, bool batch, const struct work *w,
     len = 0;
   if ((size_t) len >= sizeof msg)
     len = sizeof msg - 1;
-  reply_error (conn, batch, r->cookie, nbd_err, msg, len);
+  reply_error (conn, batch, r, nbd_err, msg, len);
 }
 
 static int64_t
@@ -374,9 +463,9 @@ request_handle (struct connection *conn, bool batch, struct work *w)
     return;
   }
   if (r->type == NBD_CMD_READ)
-    reply_read (conn, batch, r->cookie, r->offset, w->buf, r->count);
+    reply_read (conn, batch, r, w->buf, r->count);
   else
-    reply_simple (conn, batch, r->cookie, 0);
+    reply_ok (conn, batch, r);
 }
 
 static bool

@@ -19,6 +19,7 @@ struct validate_state {
   bool structured;              /* structured replies negotiated */
   bool meta_base_alloc;         /* base:allocation selected */
   uint32_t align;               /* V-16: >1 to enforce, else 0 */
+  bool extended;                /* extended headers negotiated (§6) */
 };
 
 /* One decoded request. */
@@ -27,19 +28,25 @@ struct request {
   uint16_t type;
   uint64_t cookie;
   uint64_t offset;
-  uint64_t count;
+  uint64_t count;               /* the request's effect length */
+  uint64_t payload;             /* bytes of data after the header */
 };
 
 /* protocol-validate.c */
 void request_decode (const struct nbd_request *wire, struct request *req);
+void request_decode_ext (const struct nbd_request_ext *wire,
+                         struct request *req);
 int request_validate (const struct validate_state *st,
                       const struct request *req, const char **why);
 uint32_t errno_to_nbd (int err, uint16_t flags);
 const char *nbd_cmd_name (uint16_t type);
 
-/* reply.c: encode base:allocation descriptors (R-20..R-23). */
+/* blockstatus.c: encode base:allocation descriptors (R-20..R-23) into
+ * OUT, 32-bit (struct nbd_block_descriptor) or with EXT 64-bit
+ * (struct nbd_block_descriptor_ext, X-14).
+ */
 size_t blockstatus_encode (const struct nbdkit_extents *e,
                            uint64_t offset, uint64_t count, bool req_one,
-                           struct nbd_block_descriptor *out, size_t max);
+                           bool ext, void *out, size_t max);
 
 #endif /* NBDSRV_PROTOCOL_H */

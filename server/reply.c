@@ -71,57 +71,35 @@ reply_send (struct connection *conn, bool batch, struct iovec *iov, int n)
   return 0;
 }
 
-static void
-structured_header (struct nbd_structured_reply *h, uint64_t cookie,
-                   uint16_t type, uint32_t length)
-{
-  h->magic = htobe32 (NBD_STRUCTURED_REPLY_MAGIC);
-  h->flags = htobe16 (NBD_REPLY_FLAG_DONE);
-  h->type = htobe16 (type);
-  h->cookie = cookie;
-  h->length = htobe32 (length);
-}
-
-int
-reply_simple (struct connection *conn, bool batch, uint64_t cookie,
-              uint32_t error)
-{
-  struct nbd_simple_reply h = {
-    .magic = htobe32 (NBD_SIMPLE_REPLY_MAGIC),
-    .error = htobe32 (error),
-    .cookie = cookie,
-  };
-  struct iovec iov = { &h, sizeof h };
-
-  return reply_send (conn, batch, &iov, 1);
-}
-
-/* A successful READ's header: simple, or an OFFSET_DATA chunk (R-18)
- * when structured replies are on.
+/* The header of one chunk into BUF, which has room for the larger,
+ * extended one: structured, or extended with the request's offset
+ * (X-13).  Returns its size.
  */
-struct read_chunk_header {
-  struct nbd_structured_reply h;
-  uint64_t offset;
-} __attribute__ ((__packed__));
-
-/* Build the header into BUF; returns its size. */
 static size_t
-read_header_build (const struct connection *conn, void *buf,
-                   uint64_t cookie, uint64_t offset, uint32_t len)
+chunk_header (const struct connection *conn, void *buf,
+              const struct request *r, uint16_t flags, uint16_t type,
+              uint64_t length)
 {
-  if (conn->structured) {
-    struct read_chunk_header h;
+  if (conn->extended) {
+    struct nbd_extended_reply h = {
+      .magic = htobe32 (NBD_EXTENDED_REPLY_MAGIC),
+      .flags = htobe16 (flags),
+      .type = htobe16 (type),
+      .cookie = r->cookie,
+      .offset = htobe64 (r->offset),
+      .length = htobe64 (length),
+    };
 
-    structured_header (&h.h, cookie, NBD_REPLY_TYPE_OFFSET_DATA, 8 + len);
-    h.offset = htobe64 (offset);
     memcpy (buf, &h, sizeof h);
     return sizeof h;
   }
   else {
-    struct nbd_simple_reply h = {
-      .magic = htobe32 (NBD_SIMPLE_REPLY_MAGIC),
-      .error = 0,
-      .cookie = cookie,
+    struct nbd_structured_reply h = {
+      .magic = htobe32 (NBD_STRUCTURED_REPLY_MAGIC),
+      .flags = htobe16 (flags),
+      .type = htobe16 (type),
+      .cookie = r->cookie,
+      .length = htobe32 ((uint32_t) length),
     };
 
     memcpy (buf, &h, sizeof h);
@@ -129,16 +107,66 @@ read_header_build (const struct connection *conn, void *buf,
   }
 }
 
-int
-reply_read (struct connection *conn, bool batch, uint64_t cookie,
-            uint64_t offset, const void *data, uint32_t len)
-{
-  char hdr[sizeof (struct read_chunk_header)];
-  struct iovec iov[2] = {
-    { hdr, read_header_build (conn, hdr, cookie, offset, len) },
-    { (void *) data, len },
-  };
+/* Room for a chunk header and the fixed part of its payload. */
+#define CHUNK_HEADER_MAX (sizeof (struct nbd_extended_reply) + 16)
 
+int
+reply_simple (struct connection *conn, bool batch, const struct request *r,
+              uint32_t error)
+{
+  struct nbd_simple_reply h = {
+    .magic = htobe32 (NBD_SIMPLE_REPLY_MAGIC),
+    .error = htobe32 (error),
+    .cookie = r->cookie,
+  };
+  struct iovec iov = { &h, sizeof h };
+
+  return reply_send (conn, batch, &iov, 1);
+}
+
+/* Success without data: simple, or with extended headers (which have
+ * no simple replies) a NONE chunk (X-13).
+ */
+int
+reply_ok (struct connection *conn, bool batch, const struct request *r)
+{
+  char hdr[CHUNK_HEADER_MAX];
+  struct iovec iov;
+
+  if (!conn->extended)
+    return reply_simple (conn, batch, r, 0);
+  iov.iov_base = hdr;
+  iov.iov_len = chunk_header (conn, hdr, r, NBD_REPLY_FLAG_DONE,
+                              NBD_REPLY_TYPE_NONE, 0);
+  return reply_send (conn, batch, &iov, 1);
+}
+
+/* A successful READ: simple, or one OFFSET_DATA chunk. */
+int
+reply_read (struct connection *conn, bool batch, const struct request *r,
+            const void *data, uint32_t len)
+{
+  char hdr[CHUNK_HEADER_MAX];
+  struct iovec iov[2] = { { hdr, 0 }, { (void *) data, len } };
+
+  if (conn->structured) {
+    uint64_t offset = htobe64 (r->offset);
+
+    iov[0].iov_len = chunk_header (conn, hdr, r, NBD_REPLY_FLAG_DONE,
+                                   NBD_REPLY_TYPE_OFFSET_DATA, 8 + len);
+    memcpy (hdr + iov[0].iov_len, &offset, 8);
+    iov[0].iov_len += 8;
+  }
+  else {
+    struct nbd_simple_reply h = {
+      .magic = htobe32 (NBD_SIMPLE_REPLY_MAGIC),
+      .error = 0,
+      .cookie = r->cookie,
+    };
+
+    memcpy (hdr, &h, sizeof h);
+    iov[0].iov_len = sizeof h;
+  }
   return reply_send (conn, batch, iov, 2);
 }
 
@@ -146,43 +174,54 @@ reply_read (struct connection *conn, bool batch, uint64_t cookie,
  * a UTF-8 character boundary).
  */
 int
-reply_error (struct connection *conn, bool batch, uint64_t cookie,
+reply_error (struct connection *conn, bool batch, const struct request *r,
              uint32_t error, const char *msg, size_t msglen)
 {
+  char hdr[CHUNK_HEADER_MAX];
   struct {
-    struct nbd_structured_reply h;
     uint32_t error;
     uint16_t msglen;
-  } __attribute__ ((__packed__)) hdr;
+  } __attribute__ ((__packed__)) fixed;
   struct iovec iov[2];
+  size_t n;
 
   if (msglen > NBD_MAX_STRING) {
     msglen = NBD_MAX_STRING;
     while (msglen > 0 && ((unsigned char) msg[msglen] & 0xc0) == 0x80)
       msglen--;
   }
-  structured_header (&hdr.h, cookie, NBD_REPLY_TYPE_ERROR, 6 + msglen);
-  hdr.error = htobe32 (error);
-  hdr.msglen = htobe16 (msglen);
-  iov[0] = (struct iovec) { &hdr, sizeof hdr };
+  n = chunk_header (conn, hdr, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR,
+                    sizeof fixed + msglen);
+  fixed.error = htobe32 (error);
+  fixed.msglen = htobe16 (msglen);
+  memcpy (hdr + n, &fixed, sizeof fixed);
+  iov[0] = (struct iovec) { hdr, n + sizeof fixed };
   iov[1] = (struct iovec) { (void *) msg, msglen };
   return reply_send (conn, batch, iov, msglen ? 2 : 1);
 }
 
+/* One context's block status chunk (R-20): DESC holds N descriptors as
+ * blockstatus_encode made them, 32-bit, or 64-bit with extended headers
+ * (BLOCK_STATUS_EXT, X-14).  DONE on the last context's chunk.
+ */
 int
-reply_block_status (struct connection *conn, bool batch, uint64_t cookie,
-                    const struct nbd_block_descriptor *desc, size_t n)
+reply_block_status (struct connection *conn, bool batch,
+                    const struct request *r, uint32_t context_id,
+                    const void *desc, size_t n, bool done)
 {
-  struct {
-    struct nbd_structured_reply h;
-    uint32_t context_id;
-  } __attribute__ ((__packed__)) hdr;
-  struct iovec iov[2] = {
-    { &hdr, sizeof hdr }, { (void *) desc, n * sizeof *desc },
-  };
+  char hdr[CHUNK_HEADER_MAX];
+  size_t size = conn->extended ? sizeof (struct nbd_block_descriptor_ext)
+    : sizeof (struct nbd_block_descriptor);
+  struct iovec iov[2] = { { hdr, 0 }, { (void *) desc, n * size } };
+  uint32_t fixed[2] = { htobe32 (context_id), htobe32 (n) };
+  size_t fixed_len = conn->extended ? 8 : 4;
+  size_t h;
 
-  structured_header (&hdr.h, cookie, NBD_REPLY_TYPE_BLOCK_STATUS,
-                     4 + n * sizeof *desc);                      /* */
-  hdr.context_id = htobe32 (1);
+  h = chunk_header (conn, hdr, r, done ? NBD_REPLY_FLAG_DONE : 0,
+                    conn->extended ? NBD_REPLY_TYPE_BLOCK_STATUS_EXT
+                    : NBD_REPLY_TYPE_BLOCK_STATUS,
+                    fixed_len + n * size);
+  memcpy (hdr + h, fixed, fixed_len);
+  iov[0].iov_len = h + fixed_len;
   return reply_send (conn, batch, iov, 2);
 }

@@ -149,6 +149,16 @@ struct nbd_request {
   uint32_t count;
 } __attribute__ ((__packed__));
 
+/* §6 X-7: after NBD_OPT_EXTENDED_HEADERS. */
+struct nbd_request_ext {
+  uint32_t magic;               /* NBD_EXTENDED_REQUEST_MAGIC */
+  uint16_t flags;
+  uint16_t type;
+  uint64_t cookie;
+  uint64_t offset;
+  uint64_t count;               /* payload length with PAYLOAD_LEN */
+} __attribute__ ((__packed__));
+
 struct nbd_simple_reply {
   uint32_t magic;               /* NBD_SIMPLE_REPLY_MAGIC */
   uint32_t error;
@@ -163,9 +173,25 @@ struct nbd_structured_reply {
   uint32_t length;
 } __attribute__ ((__packed__));
 
+/* §6 X-13: every reply's header after NBD_OPT_EXTENDED_HEADERS. */
+struct nbd_extended_reply {
+  uint32_t magic;               /* NBD_EXTENDED_REPLY_MAGIC */
+  uint16_t flags;
+  uint16_t type;
+  uint64_t cookie;
+  uint64_t offset;              /* the request's offset */
+  uint64_t length;
+} __attribute__ ((__packed__));
+
 struct nbd_block_descriptor {
   uint32_t length;
   uint32_t status_flags;
+} __attribute__ ((__packed__));
+
+/* §6 X-14: BLOCK_STATUS_EXT descriptors. */
+struct nbd_block_descriptor_ext {
+  uint64_t length;
+  uint64_t status_flags;
 } __attribute__ ((__packed__));
 
 #endif /* NBDSRV_NBD_PROTOCOL_H */

@@ -191,7 +191,7 @@ check_blockstatus (struct reader *in)
   /* The request lies inside the list's range, as in backend_extents. */
   if (count > end - start)
     count = end - start;
-  n = blockstatus_encode (e, start, count, req_one, out, max);
+  n = blockstatus_encode (e, start, count, req_one, false, out, max);
   REQUIRE (n <= max);
   if (req_one)
     REQUIRE (n <= 1);

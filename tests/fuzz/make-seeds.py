@@ -191,6 +191,36 @@ def partition_seeds():
     }
 
 
+def request_ext_seeds():
+    """fuzz-request-ext: size, eflags, state byte, a 32-byte extended
+    request, then extents (8-byte length, 1-byte type)."""
+    ext_magic = 0x21e41c71
+    payload_len = 0x20
+    all_flags = 0x0fff
+    gib = 1 << 30
+
+    def seed(cmd, offset, length, flags=0, size=8 * gib, state=1,
+             extents=()):
+        return (struct.pack(">QHB", size << 1, all_flags, state) +
+                struct.pack(">IHHQQQ", ext_magic, flags, cmd, 7, offset,
+                            length) +
+                b"".join(struct.pack(">QB", n, t) for n, t in extents))
+
+    return {
+        "write-payload": seed(CMD_WRITE, 4096, 4096, payload_len),
+        "write-no-payload-len": seed(CMD_WRITE, 0, 4096),
+        "trim-with-payload": seed(CMD_TRIM, 0, 512, payload_len),
+        "zero-5g": seed(CMD_WRITE_ZEROES, 0, 5 * gib),
+        "read-too-big": seed(CMD_READ, 0, 65 << 20),
+        "block-status-64": seed(CMD_BLOCK_STATUS, 0, 6 * gib, 0,
+                                extents=((5 * gib, 3), (3 * gib, 0))),
+        "block-status-req-one": seed(CMD_BLOCK_STATUS, gib, 2 * gib,
+                                     FLAG_REQ_ONE,
+                                     extents=((7 * gib, 1),)),
+        "aligned": seed(CMD_CACHE, 8192, 8192, state=1 | 12 << 1),
+    }
+
+
 def write(target, seeds):
     d = os.path.join(CORPUS, target)
     os.makedirs(d, exist_ok=True)
@@ -202,6 +232,7 @@ def write(target, seeds):
 def main():
     write("fuzz-handshake", handshake_seeds())
     write("fuzz-validate", validate_seeds())
+    write("fuzz-request-ext", request_ext_seeds())
     write("fuzz-parse", parse_seeds())
     write("fuzz-data-format", data_format_seeds())
     write("fuzz-partition", partition_seeds())

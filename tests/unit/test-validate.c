@@ -17,7 +17,7 @@
                   NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_CACHE | \
                   NBD_FLAG_SEND_FAST_ZERO)
 
-enum { RW, RO, BARE, NOSR, NOMC, ALIGN };
+enum { RW, RO, BARE, NOSR, NOMC, ALIGN, EXT };
 
 static const struct validate_state states[] = {
   [RW] = { SIZE, ALL_CAPS, true, true, 0 },
@@ -27,6 +27,7 @@ static const struct validate_state states[] = {
   [NOSR] = { SIZE, ALL_CAPS, false, false, 0 },
   [NOMC] = { SIZE, ALL_CAPS, true, false, 0 },
   [ALIGN] = { SIZE, ALL_CAPS, true, true, 512 },
+  [EXT] = { SIZE, ALL_CAPS, true, true, 0, true },
 };
 
 struct vcase {
@@ -49,8 +50,15 @@ struct vcase {
 #define DF NBD_CMD_FLAG_DF
 #define ONE NBD_CMD_FLAG_REQ_ONE
 #define FAST NBD_CMD_FLAG_FAST_ZERO
+#define PLEN NBD_CMD_FLAG_PAYLOAD_LEN
 
 static const struct vcase cases[] = {
+  { "X-8 extended write", EXT, W, PLEN | FUA, 0, 4096, 0 },
+  { "X-9 extended write without PAYLOAD_LEN", EXT, W, 0, 0, 4096, EINVAL },
+  { "X-10 trim with a payload", EXT, T, PLEN, 0, 512, EINVAL },
+  { "X-11 extended trim of the whole disk", EXT, T, 0, 0, SIZE, 0 },
+  { "V-5 PAYLOAD_LEN without extended headers", RW, W, PLEN, 0, 512,
+    EINVAL },
   { "valid read", RW, R, 0, 0, 512, 0 },
   { "valid read to the end", RW, R, 0, SIZE - 512, 512, 0 },
   { "valid write", RW, W, FUA, 4096, 4096, 0 },
@@ -111,11 +119,11 @@ static const struct vcase cases[] = {
 static void
 test_big_and_fast_zero (void)
 {
-  struct validate_state big = { 128 << 20, ALL_CAPS, true, true, 0 };
+  struct validate_state big = { 128 << 20, ALL_CAPS, true, true, 0, false };
   struct validate_state nofast = {
-    SIZE, ALL_CAPS & ~NBD_FLAG_SEND_FAST_ZERO, true, true, 0
+    SIZE, ALL_CAPS & ~NBD_FLAG_SEND_FAST_ZERO, true, true, 0, false
   };
-  struct request r = { 0, R, 0, 0, 65 << 20 };
+  struct request r = { 0, R, 0, 0, 65 << 20, 0 };
   const char *why = NULL;
 
   check (request_validate (&big, &r, &why) == ENOMEM,
@@ -126,7 +134,7 @@ test_big_and_fast_zero (void)
   r.count = 64 << 20;
   check (request_validate (&big, &r, &why) == 0,
          "64 MiB WRITE is allowed");
-  r = (struct request) { FAST, Z, 0, 0, 512 };
+  r = (struct request) { FAST, Z, 0, 0, 512, 0 };
   check (request_validate (&nofast, &r, &why) == EINVAL &&
          strstr (why, "FAST_ZERO"),
          "V-15 FAST_ZERO not advertised is EINVAL, not a crash");
@@ -179,6 +187,35 @@ test_decode (void)
          r.offset == 0x0102030405060708 && r.count == 0xdeadbeef,
          "request fields decode from big-endian");
   check (r.cookie == 0x1122334455667788, "cookie is kept opaque");
+  check (r.payload == 0, "only a WRITE has a payload");
+}
+
+/* PAYLOAD_LEN says which of payload and effect the length is. */
+static void
+test_decode_ext (void)
+{
+  struct nbd_request_ext wire = {
+    .magic = htobe32 (NBD_EXTENDED_REQUEST_MAGIC),
+    .flags = htobe16 (NBD_CMD_FLAG_PAYLOAD_LEN),
+    .type = htobe16 (NBD_CMD_WRITE),
+    .cookie = 7,
+    .offset = htobe64 (4096),
+    .count = htobe64 (UINT64_C (0x100000000)),
+  };
+  struct request r;
+
+  check (sizeof wire == 32, "extended request header is 32 bytes");
+  request_decode_ext (&wire, &r);
+  check (r.count == UINT64_C (0x100000000) && r.payload == r.count,
+         "WRITE with PAYLOAD_LEN: the length is payload and effect");
+  wire.type = htobe16 (NBD_CMD_TRIM);
+  request_decode_ext (&wire, &r);
+  check (r.count == 0 && r.payload == UINT64_C (0x100000000),
+         "TRIM with PAYLOAD_LEN: a payload to skip, no effect length");
+  wire.flags = 0;
+  request_decode_ext (&wire, &r);
+  check (r.count == UINT64_C (0x100000000) && r.payload == 0,
+         "TRIM without PAYLOAD_LEN: a 64-bit effect length");
 }
 
 int
@@ -186,7 +223,7 @@ main (void)
 {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     const struct vcase *c = &cases[i];
-    struct request r = { c->flags, c->type, 42, c->offset, c->count };
+    struct request r = { c->flags, c->type, 42, c->offset, c->count, 0 };
     const char *why = NULL;
     int got = request_validate (&states[c->state], &r, &why);
 
@@ -198,5 +235,6 @@ main (void)
   test_big_and_fast_zero ();
   test_errno_map ();
   test_decode ();
+  test_decode_ext ();
   return test_summary ();
 }
