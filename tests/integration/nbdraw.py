@@ -74,6 +74,7 @@ TF_BLOCK_STATUS_PAYLOAD = 0x1000
 
 # §2.1 requests.
 REQUEST_MAGIC = 0x25609513
+EXTENDED_REQUEST_MAGIC = 0x21e41c71
 CMD_READ = 0
 CMD_WRITE = 1
 CMD_DISC = 2
@@ -94,11 +95,13 @@ CMD_FLAG_PAYLOAD_LEN = 0x20
 # §2.2 replies.
 SIMPLE_REPLY_MAGIC = 0x67446698
 STRUCTURED_REPLY_MAGIC = 0x668e33ef
+EXTENDED_REPLY_MAGIC = 0x6e8a278c
 REPLY_FLAG_DONE = 0x1
 REPLY_TYPE_NONE = 0
 REPLY_TYPE_OFFSET_DATA = 1
 REPLY_TYPE_OFFSET_HOLE = 2
 REPLY_TYPE_BLOCK_STATUS = 5
+REPLY_TYPE_BLOCK_STATUS_EXT = 6
 REPLY_TYPE_ERROR = 0x8001
 REPLY_TYPE_ERROR_OFFSET = 0x8002
 
@@ -166,11 +169,13 @@ class OptionReply:
 class Chunk:
     """One structured reply chunk, with its payload decoded."""
 
-    def __init__(self, flags, ctype, cookie, payload):
+    def __init__(self, flags, ctype, cookie, payload, offset_field=None):
         self.flags = flags
         self.type = ctype
         self.cookie = cookie
         self.payload = payload
+        # Extended headers only: the header's offset field (X-13).
+        self.offset_field = offset_field
         self.error = None
         self.message = None
         self.offset = None
@@ -203,6 +208,15 @@ class Chunk:
             self.context = struct.unpack(">I", p[:4])[0]
             self.extents = [struct.unpack(">II", p[i:i + 8])
                             for i in range(4, len(p), 8)]
+        elif self.type == REPLY_TYPE_BLOCK_STATUS_EXT:
+            assert len(p) >= 24 and (len(p) - 8) % 16 == 0, \
+                "BLOCK_STATUS_EXT payload length %d" % len(p)
+            self.context, count = struct.unpack(">II", p[:8])
+            self.extents = [struct.unpack(">QQ", p[i:i + 16])
+                            for i in range(8, len(p), 16)]
+            assert count == len(self.extents), \
+                "BLOCK_STATUS_EXT count %d, %d descriptors" % (
+                    count, len(self.extents))
 
     @property
     def done(self):
@@ -243,6 +257,7 @@ class Client:
         self.sock.connect(path)
         self.gflags = None
         self.structured = False
+        self.extended = False
         self.size = None
         self.eflags = None
         # cookie -> (command, offset, length) for replies not yet read.
@@ -346,6 +361,15 @@ class Client:
         self.send_option(option, data)
         return self.read_option_replies()
 
+    def extended_headers(self):
+        """NBD_OPT_EXTENDED_HEADERS; on ACK every later request and
+        reply uses the 32-byte headers (§6)."""
+        replies = self.option(OPT_EXTENDED_HEADERS)
+        if replies[-1].type == REP_ACK:
+            self.extended = True
+            self.structured = True
+        return replies
+
     def structured_reply(self):
         replies = self.option(OPT_STRUCTURED_REPLY)
         if replies[-1].type == REP_ACK:
@@ -369,9 +393,13 @@ class Client:
         self.size, self.eflags = struct.unpack(">QH", self.recv_exact(10))
         return b"" if no_zeroes else self.recv_exact(124)
 
-    def handshake(self, structured=False, meta=False, name=b""):
+    def handshake(self, structured=False, meta=False, name=b"",
+                  extended=False):
         """Fixed newstyle up to transmission; asserts success."""
         self.start()
+        if extended:
+            r = self.extended_headers()
+            assert r[-1].type == REP_ACK, r
         if structured:
             r = self.structured_reply()
             assert r[-1].type == REP_ACK, r
@@ -387,15 +415,24 @@ class Client:
     # --- transmission -----------------------------------------------------
 
     def send_request(self, cmd, flags=0, cookie=None, offset=0, length=0,
-                     payload=None, expect_reply=True):
-        """Send one compact request.  For WRITE, PAYLOAD defaults to
-        LENGTH zero bytes; pass b"" to send the header only."""
+                     payload=None, expect_reply=True, extended=None):
+        """Send one request: compact, or extended (32 bytes, 64-bit
+        length) once extended headers are on or when EXTENDED says so.
+        For WRITE, PAYLOAD defaults to LENGTH zero bytes; pass b"" to
+        send the header only.  Under extended headers the caller sets
+        PAYLOAD_LEN in FLAGS where a payload follows (X-8)."""
         if cookie is None:
             cookie = self._next_cookie()
         if payload is None:
             payload = bytes(length) if cmd == CMD_WRITE else b""
-        hdr = struct.pack(">IHHQQI", REQUEST_MAGIC, flags, cmd, cookie,
-                          offset, length)
+        if extended is None:
+            extended = self.extended
+        if extended:
+            hdr = struct.pack(">IHHQQQ", EXTENDED_REQUEST_MAGIC, flags, cmd,
+                              cookie, offset, length)
+        else:
+            hdr = struct.pack(">IHHQQI", REQUEST_MAGIC, flags, cmd, cookie,
+                              offset, length)
         if expect_reply:
             self.pending[cookie] = (cmd, offset, length)
         self.send(hdr + payload)
@@ -409,6 +446,10 @@ class Client:
     def read_reply(self):
         """Read one complete reply (any cookie)."""
         magic = struct.unpack(">I", self.recv_exact(4))[0]
+        if self.extended:
+            assert magic == EXTENDED_REPLY_MAGIC, \
+                "reply magic %#x under extended headers" % magic
+            return self._read_structured()
         if magic == SIMPLE_REPLY_MAGIC:
             return self._read_simple()
         assert magic == STRUCTURED_REPLY_MAGIC, "bad reply magic %#x" % magic
@@ -424,11 +465,20 @@ class Client:
         return Reply(cookie, True, error, data)
 
     def _read_chunk(self, have_magic):
+        want = EXTENDED_REPLY_MAGIC if self.extended \
+            else STRUCTURED_REPLY_MAGIC
         if not have_magic:
             magic = struct.unpack(">I", self.recv_exact(4))[0]
-            assert magic == STRUCTURED_REPLY_MAGIC, \
+            assert magic == want, \
                 "chunk of another reply shape inside a structured " \
                 "reply: %#x" % magic
+        if self.extended:
+            flags, ctype, cookie, offset, length = struct.unpack(
+                ">HHQQQ", self.recv_exact(28))
+            assert length <= MAX_REQUEST_SIZE + 4096, \
+                "chunk of %d bytes" % length
+            return Chunk(flags, ctype, cookie, self.recv_exact(length),
+                         offset)
         flags, ctype, cookie, length = struct.unpack(
             ">HHQI", self.recv_exact(16))
         return Chunk(flags, ctype, cookie, self.recv_exact(length))
@@ -452,6 +502,10 @@ class Client:
         error = 0
         data = bytearray(length) if cmd == CMD_READ else bytearray()
         for c in chunks:
+            if c.offset_field is not None:
+                assert c.offset_field == offset, \
+                    "extended header offset %d, request offset %d" % (
+                        c.offset_field, offset)
             if c.error is not None and error == 0:
                 error = c.error
             if c.data is not None:
