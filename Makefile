@@ -4,6 +4,10 @@
 #   make check SANITIZE=1   the same tests on an ASan+UBSan build (build-san/)
 #   make fuzz               every libFuzzer target for FUZZ_SECONDS each
 #   make bench              the benchmark against nbdkit, qemu-nbd, nbd-server
+#   make install            into PREFIX (default /usr/local) and LIBDIR
+#                           (default lib/x86_64-linux-gnu, relative to
+#                           PREFIX), under DESTDIR when given; make
+#                           uninstall takes the same three
 
 BUILD ?= build
 MESON_OPTS ?=
@@ -14,8 +18,11 @@ endif
 PYTHON := /usr/bin/python3
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 60
+PREFIX ?= /usr/local
+LIBDIR ?= lib/$(shell gcc -print-multiarch)
+DESTDIR ?=
 
-.PHONY: all deps test-deps run check fuzz bench clean
+.PHONY: all deps test-deps run check fuzz bench clean install uninstall configure-prefix
 
 all: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -45,6 +52,21 @@ fuzz: test-deps
 
 bench: test-deps all
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
+
+# Point the build at PREFIX/LIBDIR before building, so the directories
+# compiled into nbdsrv are the ones it is installed to; `ninja
+# build.ninja` refreshes what meson introspect reports without
+# compiling.
+configure-prefix: deps $(BUILD)/build.ninja
+	meson configure $(BUILD) -Dprefix=$(PREFIX) -Dlibdir=$(LIBDIR)
+	ninja -C $(BUILD) build.ninja
+
+install: configure-prefix
+	ninja -C $(BUILD)
+	DESTDIR='$(DESTDIR)' meson install -C $(BUILD) --no-rebuild --quiet
+
+uninstall: configure-prefix
+	$(PYTHON) scripts/uninstall.py $(BUILD) '$(DESTDIR)'
 
 clean:
 	rm -rf build build-san build-fuzz

@@ -13,11 +13,9 @@
 
 #include <ctype.h>
 #include <dlfcn.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "internal.h"
 
@@ -37,31 +35,18 @@ is_filter_name (const char *s)
   return true;
 }
 
-/* NAME or a path, looked up as plugins are: the build tree, our
- * install directory, then Debian's nbdkit filter directory.
+/* NAME or a path, looked up as plugins are (dirs.c): nbdsrv's own
+ * filter directory, then Debian's nbdkit filter directory.
  */
 static char *
 filter_find (const char *name)
 {
-  const char *dirs[] = { BUILD_FILTERDIR, FILTERDIR, NBDKIT_FILTERDIR };
-  char path[PATH_MAX];
-  struct stat st;
-
   if (!is_filter_name (name)) {
     char *abs = realpath (name, NULL);
 
     return abs ? abs : strdup (name);   /* dlopen reports the error */
   }
-  for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
-    snprintf (path, sizeof path, "%s/nbdkit-%s-filter.so", dirs[i], name);
-    if (stat (path, &st) == 0)
-      return strdup (path);
-  }
-  fprintf (stderr, "nbdsrv: error: unknown filter '%s': no "
-           "nbdkit-%s-filter.so in %s, %s or %s; give the filter's path "
-           "or see 'nbdsrv --help'\n", name, name, BUILD_FILTERDIR,
-           FILTERDIR, NBDKIT_FILTERDIR);
-  return NULL;
+  return dirs_find (MODULE_FILTER, name);
 }
 
 static int

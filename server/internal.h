@@ -86,6 +86,18 @@ void probe_long_options (const struct option *long_opts);
 extern int stdio_in, stdio_out;
 int stdio_detach (void);
 
+/* dirs.c: where plugins and filters given by name are looked up.  The
+ * strings are static.
+ */
+enum module_kind { MODULE_PLUGIN, MODULE_FILTER };
+#define DIRS_SEARCH_MAX 3
+const char *dirs_own (enum module_kind kind);
+size_t dirs_search (enum module_kind kind, const char *dirs[DIRS_SEARCH_MAX]);
+/* The file of the plugin or filter NAME in the first directory that
+ * has it (the caller frees it), or NULL after saying where it looked.
+ */
+char *dirs_find (enum module_kind kind, const char *name);
+
 /* quit.c: shutting the server down. */
 extern volatile int quit;       /* set once; never cleared */
 extern int quit_fd;             /* becomes readable once quit is set */

@@ -10,8 +10,8 @@
 #include <ctype.h>
 #include <dlfcn.h>
 #include <errno.h>
-#include <limits.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,11 +39,6 @@ is_plugin_name (const char *s)
   return true;
 }
 
-static const char *const plugin_dirs[] = {
-  BUILD_PLUGINDIR, PLUGINDIR, NBDKIT_PLUGINDIR,
-};
-#define N_PLUGIN_DIRS (sizeof plugin_dirs / sizeof plugin_dirs[0])
-
 enum plugin_kind { PLUGIN_NONE, PLUGIN_SO, PLUGIN_SCRIPT };
 
 /* What plugin NAME is in DIR, with its path in PATH: the shared object
@@ -66,29 +61,20 @@ plugin_in_dir (const char *dir, const char *name, char *path, size_t size)
   return PLUGIN_NONE;
 }
 
-/* NAME or a path: the build tree, then our install directory, then
- * nbdkit's own plugin directory, so scripts written for nbdkit keep
- * working with plugins nbdsrv does not ship yet.  Script plugins were
- * run by plugin_script_exec before this is called.
+/* NAME or a path.  A name is looked up in the directories of dirs.c:
+ * nbdsrv's own, then nbdkit's, so scripts written for nbdkit keep
+ * working with plugins nbdsrv does not ship.  Script plugins were run
+ * by plugin_script_exec before this is called.
  */
 static char *
 plugin_find (const char *name)
 {
-  char path[PATH_MAX];
-
   if (!is_plugin_name (name)) {
     char *abs = realpath (name, NULL);
 
     return abs ? abs : strdup (name);   /* dlopen reports the error */
   }
-  for (size_t i = 0; i < N_PLUGIN_DIRS; i++)
-    if (plugin_in_dir (plugin_dirs[i], name, path, sizeof path) == PLUGIN_SO)
-      return strdup (path);
-  fprintf (stderr, "nbdsrv: error: unknown plugin '%s': no "
-           "nbdkit-%s-plugin.so in %s, %s or %s; give the plugin's path "
-           "or see 'nbdsrv --help'\n", name, name, BUILD_PLUGINDIR,
-           PLUGINDIR, NBDKIT_PLUGINDIR);
-  return NULL;
+  return dirs_find (MODULE_PLUGIN, name);
 }
 
 /* When ARGV[PLUGIN_INDEX] names a script plugin (found before any
@@ -103,14 +89,17 @@ plugin_script_exec (int argc, char **argv, int plugin_index)
 {
   const char *name = argv[plugin_index];
   enum plugin_kind kind = PLUGIN_NONE;
+  const char *dirs[DIRS_SEARCH_MAX];
+  size_t nd;
   char path[PATH_MAX];
   char **args;
   int i, n = 0;
 
   if (!is_plugin_name (name))
     return;
-  for (size_t d = 0; kind == PLUGIN_NONE && d < N_PLUGIN_DIRS; d++)
-    kind = plugin_in_dir (plugin_dirs[d], name, path, sizeof path);
+  nd = dirs_search (MODULE_PLUGIN, dirs);
+  for (size_t d = 0; kind == PLUGIN_NONE && d < nd; d++)
+    kind = plugin_in_dir (dirs[d], name, path, sizeof path);
   if (kind != PLUGIN_SCRIPT)
     return;
   args = calloc (argc + 1, sizeof *args);

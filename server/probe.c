@@ -32,34 +32,23 @@ binary_path (char *buf, size_t size)
   return buf;
 }
 
-/* A binary run from the build tree (build/nbdsrv) loads the plugins
- * built beside it, so that is the plugin directory a probing script
- * must list there; an installed one reports the install directory.
- */
-static bool
-in_build_tree (const char *binary)
-{
-  const char *slash = strrchr (BUILD_PLUGINDIR, '/');
-  size_t len = slash - BUILD_PLUGINDIR;
-
-  return strncmp (binary, BUILD_PLUGINDIR, len) == 0 &&
-    strcmp (binary + len, "/nbdsrv") == 0;
-}
-
 /* Sorted by key, as nbdkit prints them. */
 void
 probe_dump_config (void)
 {
   char buf[PATH_MAX];
   const char *binary = binary_path (buf, sizeof buf);
-  bool build = in_build_tree (binary);
 
   printf ("binary=%s\n", binary);
   printf ("bindir=%s\n", BINDIR);
   printf ("build_filterdir=%s\n", BUILD_FILTERDIR);
   printf ("build_plugindir=%s\n", BUILD_PLUGINDIR);
   printf ("exit_with_parent=yes\n");
-  printf ("filterdir=%s\n", build ? BUILD_FILTERDIR : FILTERDIR);
+  /* The directories searched first (dirs.c), which a probing script
+   * lists: the build tree's for build/nbdsrv, else the installed ones
+   * beside the binary.
+   */
+  printf ("filterdir=%s\n", dirs_own (MODULE_FILTER));
   printf ("host_cpu=%s\n", HOST_CPU);
   printf ("host_os=%s\n", HOST_OS);
   printf ("libdir=%s\n", LIBDIR);
@@ -69,7 +58,7 @@ probe_dump_config (void)
   printf ("nbdkit_plugindir=%s\n", NBDKIT_PLUGINDIR);
   printf ("nbdkit_version=%s\n", NBDKIT_VERSION_STRING);
   printf ("nbdsrv_version=%s\n", PACKAGE_VERSION);
-  printf ("plugindir=%s\n", build ? BUILD_PLUGINDIR : PLUGINDIR);
+  printf ("plugindir=%s\n", dirs_own (MODULE_PLUGIN));
   /* Where --tls would look for certificates, once nbdsrv has TLS. */
   printf ("root_tls_certificates_dir=%s/pki/nbdsrv\n", SYSCONFDIR);
   printf ("sbindir=%s\n", SBINDIR);

@@ -128,13 +128,14 @@ class Server:
         return None
 
 
-def start_server(impl, args, sock, env=None, timeout=10):
-    """Start IMPL in the foreground on SOCK and wait until it listens."""
+def start_server(impl, args, sock, env=None, timeout=10, binary=None):
+    """Start IMPL in the foreground on SOCK and wait until it listens.
+    BINARY replaces IMPL's usual binary (an installed nbdsrv)."""
     if impl == "nbdkit" and sanitizer_runtimes() and any(
             str(a).startswith(BUILD + os.sep) for a in args):
         pytest.skip("nbdkit cannot load the instrumented plugins of a "
                     "sanitized build; the comparison runs unsanitized")
-    cmd = [BINARIES[impl], "-f", "-U", sock] + list(args)
+    cmd = [binary or BINARIES[impl], "-f", "-U", sock] + list(args)
     env = server_env(impl, env)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL,
