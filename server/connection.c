@@ -23,6 +23,7 @@
 #include "connection.h"
 #include "minmax.h"
 #include "reply.h"
+#include "tls.h"
 
 /* Live connections, for shutdown and for waiting at exit. */
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -126,6 +127,7 @@ conn_free (struct connection *conn)
     backend_close (&conn->exp);
   thread_state ()->conn = NULL;
   intern_set_free (&conn->interned);
+  tls_session_free (conn->tls, atomic_load (&conn->status) > CONN_DEAD);
   if (conn->is_socket) {
     close (conn->fd_in);
   }
@@ -301,8 +303,11 @@ conn_fill_iov (struct connection *conn, const struct iovec *iov, int iovcnt)
 
   if (conn->olen && reply_flush (conn) == -1)
     return -1;
-  if ((conn->deadline_ms || !conn->is_socket) && wait_readable (conn) == -1)
+  if ((conn->deadline_ms || !conn->is_socket) &&
+      !(conn->tls && tls_pending (conn->tls)) && wait_readable (conn) == -1)
     return -1;
+  if (conn->tls)
+    return tls_readv (conn->tls, iov, iovcnt);
   do
     r = readv (conn->fd_in, iov, MIN (iovcnt, IOV_MAX));
   while (r == -1 && errno == EINTR);
@@ -426,6 +431,8 @@ conn_skip (struct connection *conn, uint64_t n)
 int
 conn_writev (struct connection *conn, struct iovec *iov, int iovcnt)
 {
+  if (conn->tls)
+    return tls_writev (conn->tls, iov, iovcnt);
   while (iovcnt > 0) {
     ssize_t r = writev (conn->fd_out, iov, iovcnt);
 
@@ -445,6 +452,27 @@ conn_writev (struct connection *conn, struct iovec *iov, int iovcnt)
     }
   }
   return 0;
+}
+
+/* After NBD_OPT_STARTTLS was acknowledged: the TLS handshake, within
+ * what is left of the --timeout bound.  Returns 0, or -1 (logged).
+ */
+int
+conn_starttls (struct connection *conn)
+{
+  int64_t left = 0;
+
+  if (conn->deadline_ms) {
+    left = conn->deadline_ms - now_ms ();
+    if (left <= 0) {
+      server_error ("client did not finish the handshake within %u "
+                    "seconds: disconnecting (see --timeout)",
+                    cfg.handshake_timeout);
+      return -1;
+    }
+  }
+  conn->tls = tls_session_new (conn->fd_in, conn->fd_out, left);
+  return conn->tls ? 0 : -1;
 }
 
 /* SIGTERM/SIGINT: stop reading requests on every connection; requests

@@ -31,6 +31,11 @@ struct connection {
   struct sockaddr_storage peer;
   socklen_t peer_len;
   int64_t deadline_ms;          /* handshake deadline, 0 once negotiated */
+  /* Owned (tls.c): set by STARTTLS before any worker starts, then read
+   * only; NULL in plain text.  Reads go through it under read_lock,
+   * writes under write_lock: GnuTLS allows one of each at once.
+   */
+  struct tls_session *tls;
 
   /* Negotiated during the handshake; read-only afterwards. */
   bool no_zeroes;               /* client set C_NO_ZEROES */
@@ -40,6 +45,7 @@ struct connection {
   bool meta_base_alloc;         /* base:allocation selected */
   char *meta_export;            /* owned: name SET_META_CONTEXT saw */
   bool listed;                  /* NBD_OPT_LIST answered once */
+  bool tls_refusal_logged;      /* TLS_REQD was logged once */
   uint32_t align;               /* V-16: minimum block size to enforce */
   struct export exp;            /* open while exp.handle != NULL */
 
@@ -83,6 +89,7 @@ int conn_read (struct connection *conn, void *buf, size_t n);
 int conn_skip (struct connection *conn, uint64_t n);
 int conn_readv (struct connection *conn, struct iovec *iov, int iovcnt);
 int conn_writev (struct connection *conn, struct iovec *iov, int iovcnt);
+int conn_starttls (struct connection *conn);
 void conn_set_status (struct connection *conn, enum conn_status s);
 void conn_maybe_add_worker (struct connection *conn);
 void conns_shutdown_all (void);

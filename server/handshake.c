@@ -17,6 +17,7 @@
 
 #include "internal.h"
 #include "connection.h"
+#include "protocol.h"
 
 /* H-6: options a client may send before GO/EXPORT_NAME. */
 #define OPTION_BUDGET 32
@@ -459,12 +460,6 @@ option_dispatch (struct connection *conn, uint32_t option,
     return -1;
   case NBD_OPT_LIST:
     return opt_list (conn, len, budget);
-  case NBD_OPT_STARTTLS:
-    if (len != 0)
-      return send_error (conn, option, NBD_REP_ERR_INVALID,
-                         "NBD_OPT_STARTTLS takes no data");
-    return send_error (conn, option, NBD_REP_ERR_POLICY,
-                       "TLS is not enabled on this server");
   case NBD_OPT_INFO:
   case NBD_OPT_GO:
     return opt_info_go (conn, option, data, len);
@@ -499,6 +494,72 @@ option_dispatch (struct connection *conn, uint32_t option,
                      option);
 }
 
+/* NBD_OPT_STARTTLS accepted: ACK in plain text, then the TLS
+ * handshake.  H-10, X-5: what was negotiated before is forgotten, and
+ * the client negotiates again under TLS.
+ */
+static int
+opt_starttls (struct connection *conn)
+{
+  if (send_ack (conn, NBD_OPT_STARTTLS) == -1 || conn_starttls (conn) == -1)
+    return -1;
+  conn->structured = false;
+  conn->extended = false;                                       /* */
+  conn->meta_base_alloc = false;
+  free (conn->meta_export);
+  conn->meta_export = NULL;
+  conn->listed = false;
+  debug ("TLS is running: the client negotiates again");
+  return 0;
+}
+
+static enum tls_option_mode
+tls_mode (void)
+{
+  switch (cfg.tls) {
+  case TLS_ON: return TLS_MODE_ON;
+  case TLS_REQUIRE: return TLS_MODE_REQUIRE;
+  default: return TLS_MODE_OFF;
+  }
+}
+
+/* The STARTTLS rules (option-tls.c) for one option whose header was
+ * just read.  Returns 2 when they do not apply, else as option_read.
+ */
+static int
+option_tls (struct connection *conn, uint32_t option, uint32_t len)
+{
+  struct tls_option_state st = {
+    .mode = tls_mode (),
+    .active = conn->tls != NULL,
+    .pending = conn->rlen - conn->rpos,
+  };
+  uint32_t reply;
+  const char *why;
+
+  switch (option_tls_check (&st, option, len, &reply, &why)) {
+  case TLS_VERDICT_PASS:
+    return 2;
+  case TLS_VERDICT_START:
+    return opt_starttls (conn);
+  case TLS_VERDICT_DISCONNECT:
+    server_error ("%s: disconnecting", why);
+    return -1;
+  case TLS_VERDICT_REPLY:
+    break;
+  }
+  if (conn_skip (conn, len) == -1)
+    return -1;
+  /* One line per refused plain-text client, not one per option. */
+  if (reply == NBD_REP_ERR_TLS_REQD && !conn->tls_refusal_logged) {
+    server_error ("client sent option %" PRIu32 " without TLS, which "
+                  "--tls=require needs: answering NBD_REP_ERR_TLS_REQD",
+                  option);
+    conn->tls_refusal_logged = true;
+  }
+  return send_error (conn, option, reply, "%s", why);
+}
+
 /* Read one option's payload, or drop it if it is too large to keep. */
 static int
 option_read (struct connection *conn, uint32_t option, uint32_t len,
@@ -507,6 +568,12 @@ option_read (struct connection *conn, uint32_t option, uint32_t len,
   char *data;
   int r;
 
+  /* H-3 first: a client without fixed newstyle cannot start TLS. */
+  if (fixed || option == NBD_OPT_EXPORT_NAME) {
+    r = option_tls (conn, option, len);
+    if (r != 2)
+      return r;
+  }
   if (len > OPTION_MAX_BUFFERED) {
     bool known = option >= NBD_OPT_EXPORT_NAME &&
       option <= NBD_OPT_EXTENDED_HEADERS && option != 4;
@@ -588,6 +655,12 @@ handshake (struct connection *conn)
            opt.option, opt.length);
     r = option_read (conn, opt.option, opt.length,
                      cflags & NBD_FLAG_C_FIXED_NEWSTYLE, &budget);
+    if (r == 1 && tls_mode () == TLS_MODE_REQUIRE && conn->tls == NULL) {
+      /* H-11: unreachable through option_tls; kept as a last guard. */
+      server_error ("client reached transmission without TLS under "
+                    "--tls=require: disconnecting");
+      return -1;
+    }
     if (r != 0)
       return r == 1 ? 0 : -1;
   }

@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #define NBDKIT_API_VERSION 2
 #include "nbdkit-plugin.h"
@@ -23,6 +24,7 @@
 
 /* main.c: the command line, fixed once the server starts. */
 enum log_to { LOG_TO_STDERR, LOG_TO_SYSLOG, LOG_TO_NULL, LOG_TO_FILE };
+enum tls_mode { TLS_UNSET = -1, TLS_OFF, TLS_ON, TLS_REQUIRE };
 
 struct server_config {
   const char *unixsocket;       /* -U; NULL if not given */
@@ -41,6 +43,23 @@ struct server_config {
   bool foreground, readonly, single, vsock, no_sr, no_mc;
   bool print_uri, exit_with_parent, verbose, keepalive;
   bool socket_activation;       /* LISTEN_FDS was set */
+  const char *selinux_label;    /* --selinux-label, or NULL */
+  /* -u/-g, looked up before the sockets are made (they are given to
+   * the user and group the server drops to).
+   */
+  bool set_uid, set_gid;
+  bool group_access;            /* -g: the group may use the Unix socket */
+  uid_t uid;
+  gid_t gid;
+
+  /* TLS (tls.c).  tls stays TLS_UNSET until tls_load settles it. */
+  int tls;                      /* enum tls_mode */
+  const char *tls_certificates; /* --tls-certificates; NULL: defaults */
+  const char *tls_psk;          /* --tls-psk, or NULL */
+  const char *tls_priority;     /* --tls-priority; NULL: the default */
+  bool tls_verify_peer;         /* --tls-verify-peer */
+  int tls_session_debug;        /* -D nbdkit.tls.session=N */
+  int tls_log;                  /* -D nbdkit.tls.log=N: GnuTLS's level */
 };
 extern struct server_config cfg;
 
@@ -67,6 +86,7 @@ struct thread_state {
   struct nbdkit_extents *extents; /* owned: block status scratch list */
 };
 struct thread_state *thread_state (void);
+bool conn_is_tls (void);        /* public.c: this thread's client has TLS */
 void *thread_buffer (size_t n); /* NULL with errno ENOMEM */
 void thread_buffer_release (void);
 int thread_start_detached (void *(*fn) (void *), void *arg); /* 0/errno */

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -25,12 +26,14 @@
 #include "connection.h"
 #include "socket.h"
 #include "run.h"
+#include "tls.h"
 
 struct server_config cfg = {
   .ipfamily = AF_UNSPEC,
   .threads = 16,
   .handshake_timeout = 60,
   .mask_handshake = ~0u,
+  .tls = TLS_UNSET,
 };
 
 static const char *user, *group;
@@ -54,7 +57,7 @@ enum {
   OPT_HELP, OPT_KEEPALIVE, OPT_LOG, OPT_MASK_HANDSHAKE, OPT_MAX_CONNECTIONS,
   OPT_NO_MC,
   OPT_NO_SR, OPT_PRINT_URI, OPT_RUN, OPT_SELINUX_LABEL, OPT_SWAP,
-  OPT_TIMEOUT, OPT_TLS, OPT_TLS_CERTIFICATES, OPT_TLS_PSK,
+  OPT_TIMEOUT, OPT_TLS, OPT_TLS_CERTIFICATES, OPT_TLS_PRIORITY, OPT_TLS_PSK,
   OPT_TLS_VERIFY_PEER, OPT_VSOCK, OPT_SHORT_OPTIONS, OPT_LONG_OPTIONS,
 };
 
@@ -105,6 +108,7 @@ static const struct option long_opts[] = {
   { "timeout", required_argument, NULL, OPT_TIMEOUT },
   { "tls", required_argument, NULL, OPT_TLS },
   { "tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES },
+  { "tls-priority", required_argument, NULL, OPT_TLS_PRIORITY },
   { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
   { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER },
   { "unix", required_argument, NULL, 'U' },
@@ -125,8 +129,11 @@ usage (void)
           "       [--mask-handshake=MASK] [--max-connections=N]\n"
           "       [--no-mc] [--no-sr]\n"
           "       [-P PIDFILE] [-p PORT] [--print-uri] [-r]\n"
-          "       [--run 'COMMAND ARGS ...'] [-s] [-t THREADS]\n"
-          "       [--timeout=SECONDS] [-U SOCKET|-] [-u USER] [-v]\n"
+          "       [--run 'COMMAND ARGS ...'] [--selinux-label=LABEL]\n"
+          "       [-s] [-t THREADS] [--timeout=SECONDS]\n"
+          "       [--tls=off|on|require] [--tls-certificates=DIR]\n"
+          "       [--tls-psk=FILE] [--tls-priority=STRING]\n"
+          "       [--tls-verify-peer] [-U SOCKET|-] [-u USER] [-v]\n"
           "       [--vsock] PLUGIN [[KEY=]VALUE [KEY=VALUE ...]]\n\n"
           "nbdsrv --dump-config\n"
           "nbdsrv PLUGIN --dump-plugin\n"
@@ -183,15 +190,26 @@ add_debug_flag (const char *arg)
   debug_flags = d;
 }
 
+/* The server's own -D nbdkit.FLAG=N (nbdkit's names); others are
+ * accepted and ignored, as nbdkit ignores flags it does not know.
+ */
+static void
+server_debug_flag_set (const char *flag, int value)
+{
+  if (strcmp (flag, "tls.session") == 0)
+    cfg.tls_session_debug = value;
+  else if (strcmp (flag, "tls.log") == 0)
+    cfg.tls_log = value;
+}
+
 static void
 apply_debug_flags (void)
 {
   for (struct debug_flag *d = debug_flags; d; d = d->next) {
-    /* Flags for the server itself ("nbdkit.*") are accepted for
-     * compatibility; nbdsrv has none yet.
-     */
-    if (strcmp (d->name, "nbdkit") == 0 || strcmp (d->name, "nbdsrv") == 0)
+    if (strcmp (d->name, "nbdkit") == 0 || strcmp (d->name, "nbdsrv") == 0) {
+      server_debug_flag_set (d->flag, d->value);
       continue;
+    }
     if (stack_dl_of (d->name) == NULL)
       die ("-D %s.%s: no plugin or filter called '%s' is loaded",
            d->name, d->flag, d->name);
@@ -216,6 +234,27 @@ set_log (const char *arg)
   else
     die ("--log=%s: expected stderr, syslog, null or a file path "
          "containing '/'", arg);
+}
+
+/* --tls=off|on|require, with nbdkit's synonyms. */
+static void
+set_tls (const char *arg)
+{
+  static const char *const off[] = { "off", "0", "false", "f", "no", "n" };
+  static const char *const on[] = { "on", "1", "true", "t", "yes", "y" };
+  static const char *const req[] = { "require", "required", "force" };
+
+  cfg.tls = TLS_UNSET;
+  for (size_t i = 0; i < 6; i++) {
+    if (strcasecmp (arg, off[i]) == 0)
+      cfg.tls = TLS_OFF;
+    if (strcasecmp (arg, on[i]) == 0)
+      cfg.tls = TLS_ON;
+    if (i < 3 && strcasecmp (arg, req[i]) == 0)
+      cfg.tls = TLS_REQUIRE;
+  }
+  if (cfg.tls == TLS_UNSET)
+    die ("--tls=%s: expected off, on or require", arg);
 }
 
 /* The option getopt just rejected, for the error message. */
@@ -273,7 +312,7 @@ parse_option (int c, const char *arg)
   case OPT_NO_SR: cfg.no_sr = true; break;
   case OPT_PRINT_URI: cfg.print_uri = true; break;
   case OPT_RUN: cfg.run = arg; break;
-  case OPT_SELINUX_LABEL: break;        /* accepted, not applied */
+  case OPT_SELINUX_LABEL: cfg.selinux_label = arg; break;
   case OPT_SHORT_OPTIONS:
     probe_short_options (short_opts);
     exit (EXIT_SUCCESS);
@@ -285,14 +324,11 @@ parse_option (int c, const char *arg)
   case OPT_TIMEOUT:
     cfg.handshake_timeout = parse_uint_opt ("--timeout", arg, 0, 86400);
     break;
-  case OPT_TLS:
-    if (strcmp (arg, "off") != 0)
-      die ("--tls=%s: TLS is not supported by this nbdsrv build yet: "
-           "use --tls=off or a TLS tunnel", arg);
-    break;
-  case OPT_TLS_CERTIFICATES: case OPT_TLS_PSK: case OPT_TLS_VERIFY_PEER:
-    die ("TLS is not supported by this nbdsrv build yet: drop the "
-         "--tls-* options");
+  case OPT_TLS: set_tls (arg); break;
+  case OPT_TLS_CERTIFICATES: cfg.tls_certificates = arg; break;
+  case OPT_TLS_PRIORITY: cfg.tls_priority = arg; break;
+  case OPT_TLS_PSK: cfg.tls_psk = arg; break;
+  case OPT_TLS_VERIFY_PEER: cfg.tls_verify_peer = true; break;
   case OPT_VSOCK: cfg.vsock = true; break;
   case ':':
     die ("option '%s' needs a value: see 'nbdsrv --help'",
@@ -372,23 +408,65 @@ check_option_combinations (void)
   }
 }
 
-static void
-change_user (void)
+/* A user or group name, or a number. */
+static bool
+parse_id (const char *s, unsigned long *id)
 {
+  char *end;
+
+  errno = 0;
+  *id = strtoul (s, &end, 10);
+  return errno == 0 && end != s && *end == '\0' && s[0] != '-';
+}
+
+/* -u/-g: look the names up now, before the sockets are made, so the
+ * Unix socket can be given to them (socket.c).  -u alone also takes the
+ * user's primary group, where nbdkit would keep root's group: a dropped
+ * server should not keep group 0's access.
+ */
+static void
+lookup_user_group (void)
+{
+  unsigned long id;
+
   if (group) {
     struct group *g = getgrnam (group);
-    gid_t gid = g ? g->gr_gid : (gid_t) atoi (group);
 
-    if ((!g && !atoi (group)) || setgid (gid) == -1 || setgroups (1, &gid))
-      die ("-g %s: cannot change group: %m", group);
+    if (g == NULL && !parse_id (group, &id))
+      die ("-g %s: no such group: give a group name or number", group);
+    cfg.gid = g ? g->gr_gid : (gid_t) id;
+    cfg.set_gid = cfg.group_access = true;
   }
   if (user) {
     struct passwd *p = getpwnam (user);
-    uid_t uid = p ? p->pw_uid : (uid_t) atoi (user);
 
-    if ((!p && !atoi (user)) || setuid (uid) == -1)
-      die ("-u %s: cannot change user: %m", user);
+    if (p == NULL && !parse_id (user, &id))
+      die ("-u %s: no such user: give a user name or number", user);
+    cfg.uid = p ? p->pw_uid : (uid_t) id;
+    cfg.set_uid = true;
+    if (!group && p) {
+      cfg.gid = p->pw_gid;
+      cfg.set_gid = true;
+    }
   }
+}
+
+/* Drop privileges once the sockets are bound and the certificates and
+ * keys are loaded, and check that they cannot be taken back.
+ */
+static void
+change_user (void)
+{
+  if (cfg.set_gid &&
+      (setgroups (1, &cfg.gid) == -1 || setgid (cfg.gid) == -1))
+    die ("-g/-u: cannot change group to %u: %m (start as root)",
+         (unsigned) cfg.gid);
+  if (cfg.set_uid && setuid (cfg.uid) == -1)
+    die ("-u %s: cannot change user to %u: %m (start as root)", user,
+         (unsigned) cfg.uid);
+  if (cfg.set_uid && cfg.uid != 0 && setuid (0) == 0)
+    die ("-u %s: the server could become root again: refusing to run",
+         user);
 }
 
 static void
@@ -533,6 +611,7 @@ main (int argc, char **argv)
     exit (EXIT_SUCCESS);
   }
   check_option_combinations ();
+  lookup_user_group ();
   log_open ();
   configure_plugin (argc - optind, argv + optind);
   /* As nbdkit 1.32: stdin and stdout are the plugin's up to get_ready
@@ -541,6 +620,7 @@ main (int argc, char **argv)
   if (stack_config_complete () == -1 ||
       stack_thread_model_settle () == -1 ||
       stack_get_ready () == -1 ||
+      tls_load () == -1 ||
       stdio_detach () == -1)
     exit (EXIT_FAILURE);
 
@@ -589,6 +669,7 @@ main (int argc, char **argv)
   }
   acceptors_wait (true);
   stack_unload ();
+  tls_unload ();
   if (cfg.pidfile)
     unlink (cfg.pidfile);
   status = cfg.run ? run_wait () : EXIT_SUCCESS;

@@ -337,7 +337,7 @@ const char *
 plugin_default_export (bool readonly)
 {
   if (plugin.p.default_export)
-    return plugin.p.default_export (readonly, 0);
+    return plugin.p.default_export (readonly, conn_is_tls ());
   return "";
 }
 
@@ -345,7 +345,7 @@ int
 plugin_list_exports (bool readonly, struct nbdkit_exports *exports)
 {
   if (plugin.p.list_exports)
-    return plugin.p.list_exports (readonly, 0, exports);
+    return plugin.p.list_exports (readonly, conn_is_tls (), exports);
   return nbdkit_use_default_export (exports);
 }
 

@@ -6,8 +6,8 @@
  * required"), so those keys, and version=, name the nbdkit release
  * whose plugin API and command line nbdsrv implements (1.32.5);
  * nbdsrv's own release is nbdsrv_version=.  Features that release has
- * and nbdsrv lacks have keys of their own (tls=no, selinux=no,
- * zstd=no), as in nbdkit.  docs/nbdsrv.md says the same.
+ * and nbdsrv lacks have keys of their own (selinux=no, zstd=no), as
+ * in nbdkit.  docs/nbdsrv.md says the same.
  */
 #include "config.h"
 
@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "tls.h"
 
 /* The absolute path of the running binary, as nbdkit's binary=, in
  * BUF; "" if it cannot be read.
@@ -59,12 +60,12 @@ probe_dump_config (void)
   printf ("nbdkit_version=%s\n", NBDKIT_VERSION_STRING);
   printf ("nbdsrv_version=%s\n", PACKAGE_VERSION);
   printf ("plugindir=%s\n", dirs_own (MODULE_PLUGIN));
-  /* Where --tls would look for certificates, once nbdsrv has TLS. */
-  printf ("root_tls_certificates_dir=%s/pki/nbdsrv\n", SYSCONFDIR);
+  /* nbdkit's directory, so certificates set up for nbdkit serve. */
+  printf ("root_tls_certificates_dir=%s\n", TLS_ROOT_CERTIFICATES_DIR);
   printf ("sbindir=%s\n", SBINDIR);
   printf ("selinux=no\n");
   printf ("sysconfdir=%s\n", SYSCONFDIR);
-  printf ("tls=no\n");
+  printf ("tls=yes\n");
   printf ("version=%s\n", NBDKIT_VERSION_STRING);
   printf ("version_major=%d\n", NBDKIT_VERSION_MAJOR);
   printf ("version_minor=%d\n", NBDKIT_VERSION_MINOR);

@@ -41,6 +41,23 @@ int request_validate (const struct validate_state *st,
 uint32_t errno_to_nbd (int err, uint16_t flags);
 const char *nbd_cmd_name (uint16_t type);
 
+/* option-tls.c: the STARTTLS rules (§1.5, H-11). */
+enum tls_option_mode { TLS_MODE_OFF, TLS_MODE_ON, TLS_MODE_REQUIRE };
+struct tls_option_state {
+  enum tls_option_mode mode;
+  bool active;                  /* the TLS handshake has succeeded */
+  size_t pending;               /* bytes received after the option */
+};
+enum tls_verdict {
+  TLS_VERDICT_PASS,             /* not a TLS matter: handle the option */
+  TLS_VERDICT_REPLY,            /* drop the payload, reply *REPLY, *WHY */
+  TLS_VERDICT_DISCONNECT,       /* hard disconnect, logging *WHY */
+  TLS_VERDICT_START,            /* ACK, then the TLS handshake */
+};
+enum tls_verdict option_tls_check (const struct tls_option_state *st,
+                                   uint32_t option, uint32_t len,
+                                   uint32_t *reply, const char **why);
+
 /* blockstatus.c: encode base:allocation descriptors (R-20..R-23) into
  * OUT, 32-bit (struct nbd_block_descriptor) or with EXT 64-bit
  * (struct nbd_block_descriptor_ext, X-14).

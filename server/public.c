@@ -35,7 +35,20 @@ nbdkit_export_name (void)
 int
 nbdkit_is_tls (void)
 {
-  return 0;                     /* TLS is not built yet */
+  struct connection *conn = current_conn ("nbdkit_is_tls");
+
+  if (conn == NULL)
+    return -1;
+  return conn->tls != NULL;
+}
+
+/* For the is_tls arguments of .list_exports and .default_export. */
+bool
+conn_is_tls (void)
+{
+  struct connection *conn = thread_state ()->conn;
+
+  return conn && conn->tls;
 }
 
 int

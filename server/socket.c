@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <linux/vm_sockets.h>
 
@@ -36,6 +37,31 @@ add_fd (struct listeners *l, int fd)
     return -1;
   }
   l->fds[l->n++] = fd;
+  return 0;
+}
+
+/* Bind a Unix socket that only its owner can connect to, whatever the
+ * umask: the socket file is made 0600 (connecting needs write access),
+ * so no other user can connect in the moment before the mode is set.
+ * With -u/-g it is given to that user and group, so the server keeps
+ * owning it after dropping privileges, and -g GROUP lets that group's
+ * members connect (0660).
+ */
+static int
+unix_bind (int fd, const struct sockaddr_un *addr)
+{
+  mode_t old = umask (0177);
+  int r = bind (fd, (const struct sockaddr *) addr, sizeof *addr);
+
+  umask (old);
+  if (r == -1)
+    return -1;
+  if ((cfg.set_uid || cfg.set_gid) &&
+      chown (addr->sun_path, cfg.set_uid ? cfg.uid : (uid_t) -1,
+             cfg.set_gid ? cfg.gid : (gid_t) -1) == -1)
+    return -1;
+  if (cfg.group_access && chmod (addr->sun_path, 0660) == -1)
+    return -1;
   return 0;
 }
 
@@ -66,8 +92,7 @@ open_unix (struct listeners *l)
   }
   strcpy (addr.sun_path, path);
   fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd == -1 ||
-      bind (fd, (struct sockaddr *) &addr, sizeof addr) == -1 ||
+  if (fd == -1 || unix_bind (fd, &addr) == -1 ||
       listen (fd, LISTEN_BACKLOG) == -1) {
     fprintf (stderr, "nbdsrv: error: -U %s: cannot listen: %m%s\n", path,
              errno == EADDRINUSE ? " (remove the stale socket or choose "
@@ -188,10 +213,42 @@ open_activated (struct listeners *l)
   return 0;
 }
 
-int
-listeners_open (struct listeners *l)
+/* --selinux-label: the label for the sockets this thread makes next
+ * (NULL: back to the default), through the kernel's sockcreate
+ * attribute, which is what libselinux's setsockcreatecon writes.
+ * Without SELinux the option is accepted with a warning, so one command
+ * line serves hosts with and without it.
+ */
+static int
+selinux_label_set (const char *label)
 {
-  memset (l, 0, sizeof *l);
+  const char *attr = "/proc/thread-self/attr/sockcreate";
+  int fd, r;
+
+  if (cfg.selinux_label == NULL)
+    return 0;
+  if (access ("/sys/fs/selinux/enforce", F_OK) == -1) {
+    if (label)
+      fprintf (stderr, "nbdsrv: warning: --selinux-label=%s ignored: "
+               "SELinux is not enabled on this host\n", label);
+    return 0;
+  }
+  fd = open (attr, O_WRONLY | O_CLOEXEC);
+  r = fd == -1 ? -1 : (int) write (fd, label ? label : "",
+                                   label ? strlen (label) : 0);
+  if (fd != -1)
+    close (fd);
+  if (r == -1) {
+    fprintf (stderr, "nbdsrv: error: --selinux-label=%s: %m (is the "
+             "label valid for this policy?)\n", cfg.selinux_label);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+listeners_open_any (struct listeners *l)
+{
   if (cfg.socket_activation)
     return open_activated (l);
   if (cfg.unixsocket)
@@ -199,6 +256,20 @@ listeners_open (struct listeners *l)
   if (cfg.vsock)
     return open_vsock (l);
   return open_tcp (l);
+}
+
+int
+listeners_open (struct listeners *l)
+{
+  int r;
+
+  memset (l, 0, sizeof *l);
+  if (selinux_label_set (cfg.selinux_label) == -1)
+    return -1;
+  r = listeners_open_any (l);
+  if (selinux_label_set (NULL) == -1)
+    return -1;
+  return r;
 }
 
 void

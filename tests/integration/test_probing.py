@@ -85,8 +85,12 @@ def test_dump_config_has_nbdkits_keys():
         (theirs["host_cpu"], theirs["host_os"])
     assert ours["name"] == "nbdsrv"
     assert os.path.samefile(ours["binary"], NBDSRV)
-    # Features nbdsrv does not have are not claimed.
-    assert (ours["tls"], ours["selinux"], ours["zstd"]) == ("no",) * 3
+    # Features nbdsrv does not have are not claimed; TLS it has, with
+    # nbdkit's certificate directory.
+    assert (ours["selinux"], ours["zstd"]) == ("no",) * 2
+    assert ours["tls"] == theirs["tls"] == "yes"
+    assert ours["root_tls_certificates_dir"] == \
+        theirs["root_tls_certificates_dir"]
 
 
 def test_dump_config_plugindir_lists_loadable_plugins():
