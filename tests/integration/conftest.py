@@ -254,3 +254,25 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+# ------------------------------------------------------------- Ceph
+
+@pytest.fixture(scope="session")
+def ceph():
+    """One throw-away Ceph cluster (ceph_cluster.py, authentication
+    off) for every rbd test of the session, stopped by PID at the end.
+    make check installs its packages, so a missing one is an error."""
+    from ceph_cluster import CephCluster
+    cluster = CephCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ceph_cephx():
+    """The same with cephx on, for the tests of id= and keyring=."""
+    from ceph_cluster import CephCluster
+    cluster = CephCluster(cephx=True).start()
+    yield cluster
+    cluster.stop()
