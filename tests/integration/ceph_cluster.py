@@ -23,6 +23,7 @@ cluster.user_keyring, found nowhere else (for id= and keyring=).
 """
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,13 +39,24 @@ USER = "nbdtest"             # the extra cephx user
 START_TIMEOUT = 120.0        # mon + mgr + osd + pool, on a busy machine
 STOP_TIMEOUT = 15.0          # per daemon, after SIGTERM
 CLI_TIMEOUT = 60.0           # one ceph/rbd command
+MON_PORTS = (20000, 32000)   # below ip_local_port_range, above 6800-7300
 
 
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on just now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing uses just now, below the
+    kernel's ephemeral range: a port the kernel hands out (bind to 0)
+    is soon handed out again to some other loopback connection, and
+    the monitor binds it only after mkfs, a second later."""
+    rnd = random.Random()
+    for _ in range(1000):
+        port = rnd.randrange(MON_PORTS[0], MON_PORTS[1])
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port for the monitor in %d-%d" % MON_PORTS)
 
 
 class CephCluster:
@@ -55,6 +67,7 @@ class CephCluster:
         self.conf = None
         self.procs = {}          # daemon name -> Popen
         self.user_keyring = None
+        self.osd_placed = False
 
     # ------------------------------------------------------------ CLI
 
@@ -134,6 +147,16 @@ keyring = {d}/$name.keyring
             stderr=subprocess.STDOUT)
         out.close()
 
+    def output(self, name):
+        """The last lines a daemon wrote to its stdout and stderr (its
+        log file proper is in the temp dir, removed by stop())."""
+        try:
+            with open(os.path.join(self.dir, "log", name + ".out"),
+                      errors="replace") as f:
+                return " | ".join(f.read().strip().splitlines()[-5:])
+        except OSError:
+            return "(no output)"
+
     def _wait(self, what, ready, timeout=START_TIMEOUT):
         """Poll READY() until true; fail naming WHAT after TIMEOUT."""
         deadline = time.monotonic() + timeout
@@ -141,8 +164,8 @@ keyring = {d}/$name.keyring
             for name, p in self.procs.items():
                 if p.poll() is not None:
                     raise RuntimeError(
-                        "ceph %s exited with %d while waiting for %s: see "
-                        "%s/log" % (name, p.returncode, what, self.dir))
+                        "ceph %s exited with %d while waiting for %s: %s"
+                        % (name, p.returncode, what, self.output(name)))
             if ready():
                 return
             if time.monotonic() > deadline:
@@ -171,18 +194,31 @@ keyring = {d}/$name.keyring
         self.cli("ceph-authtool", mon, "--import-keyring", admin)
         return mon
 
-    def start(self):
-        self.dir = tempfile.mkdtemp(prefix="ceph-")
-        self.conf = os.path.join(self.dir, "ceph.conf")
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+    def start(self, tries=2):
+        """Start the cluster; on a failure, stop what was started and
+        try again once from scratch (a new directory and port), since a
+        port can be taken between choosing it and the monitor binding
+        it.  The test is of the rbd plugin, not of the cluster."""
+        for attempt in range(tries):
+            self.dir = tempfile.mkdtemp(prefix="ceph-")
+            self.conf = os.path.join(self.dir, "ceph.conf")
+            try:
+                self._start()
+                return self
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                self.stop()
+                if attempt == tries - 1:
+                    raise
+                print("ceph_cluster: starting again after: %s" % e,
+                      file=sys.stderr)
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def _start(self):
         d = self.dir
+        self.osd_placed = False
         for sub in ("run", "log", "mon", "osd/ceph-0", "mgr/ceph-x"):
             os.makedirs(os.path.join(d, sub))
         fsid, port = str(uuid.uuid4()), free_port()
@@ -254,8 +290,16 @@ keyring = {d}/$name.keyring
 
     def start_osd(self):
         """Start (or restart) the OSD and wait until it serves."""
-        self._daemon("osd", ["ceph-osd", "-i", "0", "-f"])
+        argv = ["ceph-osd", "-i", "0", "-f"]
+        if self.osd_placed:
+            # Placed in the CRUSH map by its first start.  Asking the
+            # monitor again from a restarted memstore OSD sometimes
+            # fails ('wrong fsid') and the OSD exits; nothing needs it.
+            argv += ["--osd-crush-update-on-start=false",
+                     "--osd-class-update-on-start=false"]
+        self._daemon("osd", argv)
         self._wait("OSD up", self.osd_up)
+        self.osd_placed = True
 
     def stop_daemon(self, name, sig=signal.SIGTERM):
         """Stop one daemon by its PID; SIGKILL after STOP_TIMEOUT."""
