@@ -68,3 +68,40 @@ blockstatus_encode (const struct nbdkit_extents *e,
   }
   return n;
 }
+
+/* Plan a READ of [offset, offset+count) from extents that start at
+ * offset: zero runs (NBD_STATE_ZERO, allocated or not: both read as
+ * zeroes) of at least MIN_HOLE bytes become holes, the rest data, with
+ * neighbours merged.  At most MAX pieces (MAX >= 1): once only one is
+ * left, the rest of the request is one data piece.  Extents that stop
+ * short leave the rest data too.  Returns the number of pieces.
+ */
+size_t
+read_plan (const struct nbdkit_extents *e, uint64_t offset, uint32_t count,
+           uint32_t min_hole, struct read_piece *out, size_t max)
+{
+  const uint64_t end = offset + count;
+  uint64_t pos = offset;
+  size_t n = 0;
+
+  for (size_t i = 0; i < e->len && pos < end && n < max - 1; i++) {
+    uint64_t x_end = MIN (e->ptr[i].offset + e->ptr[i].length, end);
+    bool hole = (e->ptr[i].type & NBD_STATE_ZERO) &&
+      x_end - pos >= min_hole;
+
+    if (x_end <= pos)
+      continue;
+    if (n > 0 && out[n - 1].hole == hole)
+      out[n - 1].length += x_end - pos;
+    else
+      out[n++] = (struct read_piece) { pos, x_end - pos, hole };
+    pos = x_end;
+  }
+  if (pos < end) {
+    if (n > 0 && !out[n - 1].hole)
+      out[n - 1].length += end - pos;
+    else
+      out[n++] = (struct read_piece) { pos, end - pos, false };
+  }
+  return n;
+}

@@ -170,6 +170,47 @@ reply_read (struct connection *conn, bool batch, const struct request *r,
   return reply_send (conn, batch, iov, 2);
 }
 
+/* A successful READ as planned by read_plan (R-18): an OFFSET_DATA
+ * chunk for each data piece, from BUF (which holds the request's whole
+ * range), and an OFFSET_HOLE chunk for each hole, DONE on the last.
+ * One write, so the chunks of the reply stay together (R-24).
+ */
+int
+reply_read_pieces (struct connection *conn, bool batch,
+                   const struct request *r, const char *buf,
+                   const struct read_piece *p, size_t n)
+{
+  char hdr[READ_PIECES_MAX][CHUNK_HEADER_MAX];
+  struct iovec iov[2 * READ_PIECES_MAX];
+  int k = 0;
+
+  for (size_t i = 0; i < n && i < READ_PIECES_MAX; i++) {
+    uint16_t flags = i == n - 1 ? NBD_REPLY_FLAG_DONE : 0;
+    uint64_t offset = htobe64 (p[i].offset);
+    size_t h;
+
+    if (p[i].hole) {
+      uint32_t len = htobe32 (p[i].length);
+
+      h = chunk_header (conn, hdr[i], r, flags, NBD_REPLY_TYPE_OFFSET_HOLE,
+                        12);
+      memcpy (hdr[i] + h, &offset, 8);
+      memcpy (hdr[i] + h + 8, &len, 4);
+      iov[k++] = (struct iovec) { hdr[i], h + 12 };
+    }
+    else {
+      h = chunk_header (conn, hdr[i], r, flags, NBD_REPLY_TYPE_OFFSET_DATA,
+                        8 + (uint64_t) p[i].length);
+      memcpy (hdr[i] + h, &offset, 8);
+      iov[k++] = (struct iovec) { hdr[i], h + 8 };
+      iov[k++] = (struct iovec) {
+        (void *) (buf + (p[i].offset - r->offset)), p[i].length
+      };
+    }
+  }
+  return reply_send (conn, batch, iov, k);
+}
+
 /* R-17 beyond: the ERROR chunk carries MSG (truncated to 4096 bytes at
  * a UTF-8 character boundary).
  */

@@ -13,12 +13,19 @@
 
 struct connection;
 struct request;
+struct read_piece;
+
+/* Most pieces one READ reply is cut into (reply_read_pieces). */
+#define READ_PIECES_MAX 32
 
 int reply_simple (struct connection *conn, bool batch,
                   const struct request *r, uint32_t error);
 int reply_ok (struct connection *conn, bool batch, const struct request *r);
 int reply_read (struct connection *conn, bool batch,
                 const struct request *r, const void *data, uint32_t len);
+int reply_read_pieces (struct connection *conn, bool batch,
+                       const struct request *r, const char *buf,
+                       const struct read_piece *p, size_t n);
 int reply_error (struct connection *conn, bool batch,
                  const struct request *r, uint32_t error,
                  const char *msg, size_t msglen);
