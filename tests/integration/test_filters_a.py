@@ -46,7 +46,9 @@ CANDIDATES = [
 # one script covers every case: CAN_FLUSH, CAN_ZERO, CAN_FAST_ZERO,
 # CAN_TRIM (yes/no), CAN_FUA, CAN_CACHE (none/emulate/native),
 # BLOCK_SIZE ("min pref max", or unset).  Extents: the first half of
-# the disk is data, the second half a hole.
+# the disk is data, the second half a hole that is not known to read as
+# zeroes (type 1: the disk holds random data there, and a hole with the
+# zero bit would let the server answer reads of it with zeroes).
 LOG_PLUGIN = r"""#!/bin/bash
 yes () { [ "${1:-yes}" = yes ] && exit 0 || exit 3; }
 zeroes () {
@@ -81,7 +83,7 @@ case "$1" in
     echo "extents $3 $4 $5" >> "$LOG"
     half=$(( $(stat -c %s "$DISK") / 2 ))
     echo "0 $half 0"
-    echo "$half $half 3" ;;
+    echo "$half $half 1" ;;
   *) exit 2 ;;
 esac
 """

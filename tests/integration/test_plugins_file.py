@@ -118,6 +118,47 @@ def status_queries(size):
     return q
 
 
+def segments(sa, sb, offset):
+    """Walk two block status answers [len, type, ...] together over the
+    range both describe: (start, length, type in A, type in B)."""
+    ia = ib = 0
+    ra, rb = sa[0], sb[0]
+    pos = offset
+    while ia < len(sa) and ib < len(sb):
+        n = min(ra, rb)
+        yield pos, n, sa[ia + 1], sb[ib + 1]
+        pos += n
+        ra -= n
+        rb -= n
+        if ra == 0:
+            ia += 2
+            ra = sa[ia] if ia < len(sa) else 0
+        if rb == 0:
+            ib += 2
+            rb = sb[ib] if ib < len(sb) else 0
+
+
+def assert_same_status(a, b, count, offset, flags):
+    """The same block status, except where one server says data and the
+    other a zero hole over bytes that do read as zeroes.  On a disk file
+    system an unwritten extent is data or a hole to SEEK_DATA depending
+    on whether its pages are in the page cache, and nbdsrv, which answers
+    reads of holes without reading them (R-18), caches fewer pages than
+    nbdkit does."""
+    sa, sb = block_status(a, count, offset, flags), \
+        block_status(b, count, offset, flags)
+    if sa == sb:
+        return
+    where = "block status count=%d offset=%d flags=%d: %r / %r" % (
+        count, offset, flags, sa[:12], sb[:12])
+    for start, n, x, y in segments(sa, sb, offset):
+        if x != y:
+            assert {x, y} == {0, 3}, where
+            for off in range(start, start + n, 1 << 20):
+                m = min(1 << 20, start + n - off)
+                assert a.pread(m, off) == bytes(m), where
+
+
 def assert_same_view(a, b, seed=0, statuses=None):
     assert export_flags(a) == export_flags(b)
     size = a.get_size()
@@ -125,9 +166,7 @@ def assert_same_view(a, b, seed=0, statuses=None):
         assert a.pread(count, offset) == b.pread(count, offset), \
             "pread count=%d offset=%d" % (count, offset)
     for count, offset, flags in (statuses or status_queries)(size):
-        assert block_status(a, count, offset, flags) == \
-            block_status(b, count, offset, flags), \
-            "block status count=%d offset=%d flags=%d" % (count, offset, flags)
+        assert_same_status(a, b, count, offset, flags)
 
 
 def apply_both(handles, fn):
