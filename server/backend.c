@@ -196,6 +196,33 @@ backend_extents (struct export *exp, uint32_t count, uint64_t offset,
   LOCKED (ctx_extents (exp->top, count, offset, flags, extents, err));
 }
 
+/* Context ID's dirty bitmap (meta-ext.h), from the layer B that tracks
+ * it, for [offset, offset+count) into EXTENTS.
+ */
+int
+backend_dirty_extents (struct export *exp, struct nbdkit_backend *b,
+                       uint32_t count, uint64_t offset,
+                       struct nbdkit_extents *extents, int *err)
+{
+  struct context *c = exp->top;
+  int r;
+
+  while (c && c->b != b)
+    c = c->c_next;
+  if (c == NULL) {
+    nbdkit_error ("%s: the filter tracking the dirty bitmap is not open "
+                  "on this connection", b->name);
+    *err = EIO;
+    return -1;
+  }
+  lock_request ();
+  r = b->dirty_extents (c->handle, count, offset, extents);
+  unlock_request ();
+  if (r == -1)
+    *err = EIO;
+  return r;
+}
+
 /* The context that will run a WRITE: the first layer from the top
  * that intercepts pwrite.  Filters that let writes through unchanged
  * keep the plugin's in-place receive.

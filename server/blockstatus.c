@@ -31,8 +31,9 @@ desc_put (void *out, size_t i, bool ext, uint64_t len, uint32_t status)
   }
 }
 
-/* Fill OUT (at most MAX entries, MAX >= 1) with descriptors for the
- * request [offset, offset+count), from extents that start at offset.
+/* Fill OUT (at most MAX entries, MAX >= 1) with context META's
+ * descriptors for the request [offset, offset+count), from extents
+ * that start at offset.
  * R-21: with REQ_ONE, one descriptor clipped to the request.  R-22:
  * otherwise stop after the descriptor that reaches the request's end;
  * it may extend past it.  Without EXT, extents longer than a u32 are
@@ -42,7 +43,7 @@ desc_put (void *out, size_t i, bool ext, uint64_t len, uint32_t status)
 size_t
 blockstatus_encode (const struct nbdkit_extents *e,
                     uint64_t offset, uint64_t count, bool req_one,
-                    bool ext, void *out, size_t max)
+                    bool ext, uint32_t meta, void *out, size_t max)
 {
   const uint64_t end = offset + count;
   const uint64_t longest = ext ? UINT64_MAX : DESC_MAX_LENGTH;
@@ -51,7 +52,7 @@ blockstatus_encode (const struct nbdkit_extents *e,
 
   for (size_t i = 0; i < e->len && n < max && pos < end; i++) {
     uint64_t left = e->ptr[i].length;
-    uint32_t status = e->ptr[i].type & (NBD_STATE_HOLE | NBD_STATE_ZERO);
+    uint32_t status = meta_status (meta, e->ptr[i].type);
 
     while (left > 0 && n < max && pos < end) {
       uint64_t len = MIN (left, longest);

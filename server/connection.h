@@ -42,7 +42,7 @@ struct connection {
   bool structured;              /* NBD_OPT_STRUCTURED_REPLY, or implied
                                    by extended headers (X-2) */
   bool extended;                /* NBD_OPT_EXTENDED_HEADERS (§6) */
-  bool meta_base_alloc;         /* base:allocation selected */
+  uint32_t meta_ids;            /* selected meta contexts: 1 << id */
   char *meta_export;            /* owned: name SET_META_CONTEXT saw */
   bool listed;                  /* NBD_OPT_LIST answered once */
   bool tls_refusal_logged;      /* TLS_REQD was logged once */

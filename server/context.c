@@ -319,7 +319,9 @@ ctx_extents (struct context *c, uint32_t count, uint64_t offset,
     return -1;
   }
   if (r == 0) {
-    if (nbdkit_add_extent (extents, offset, count, 0) == -1) {
+    uint32_t type = flags & NBDSRV_FLAG_DEPTH ? NBDSRV_WITH_DEPTH (0, 1) : 0;
+
+    if (nbdkit_add_extent (extents, offset, count, type) == -1) {
       *err = errno;
       return -1;
     }

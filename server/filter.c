@@ -110,6 +110,13 @@ filter_add (const char *name_or_path)
     return -1;
   b->f = *f;
   b->name = b->f.name;
+  b->keeps_blocks = dlsym (b->dl, NBDSRV_KEEPS_BLOCKS_SYMBOL) != NULL;
+  b->dirty_name = (dirty_bitmap_name_fn *)
+    dlsym (b->dl, NBDSRV_DIRTY_NAME_SYMBOL);
+  b->dirty_extents = (dirty_extents_fn *)
+    dlsym (b->dl, NBDSRV_DIRTY_EXTENTS_SYMBOL);
+  if (b->dirty_extents == NULL)
+    b->dirty_name = NULL;
   b->next = stack.top;
   b->index = stack.top->index + 1;
   stack.top = b;

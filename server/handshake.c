@@ -146,7 +146,7 @@ export_open (struct connection *conn, const char *name)
   const char *resolved = name;
 
   if (conn->meta_export == NULL || strcmp (conn->meta_export, name) != 0)
-    conn->meta_base_alloc = false;
+    conn->meta_ids = 0;
   if (*name == '\0') {
     resolved = stack_default_export (cfg.readonly);
     if (resolved == NULL)
@@ -334,13 +334,37 @@ opt_list (struct connection *conn, uint32_t len, unsigned *budget)
 }
 
 static int
-send_meta_context (struct connection *conn, uint32_t option, uint32_t id)
+send_meta_context (struct connection *conn, uint32_t option, uint32_t id,
+                   const char *name)
 {
-  static const char ctx[] = "base:allocation";
   uint32_t be = htobe32 (id);
 
   return send_reply2 (conn, option, NBD_REP_META_CONTEXT,
-                      &be, 4, ctx, sizeof ctx - 1);
+                      &be, 4, name, strlen (name));
+}
+
+/* Answer one query: every offered context it matches, each once in
+ * SET, which selects it (id as the reply), while LIST answers id 0.
+ */
+static int
+meta_query (struct connection *conn, uint32_t option, const char *q,
+            uint32_t qlen, const struct meta_offer *offers, size_t n)
+{
+  bool set = option == NBD_OPT_SET_META_CONTEXT;
+
+  for (size_t i = 0; i < n; i++) {
+    uint32_t bit = UINT32_C (1) << offers[i].id;
+
+    if (!meta_matches (offers[i].name, q, qlen, !set) ||
+        (set && (conn->meta_ids & bit)))
+      continue;
+    if (send_meta_context (conn, option, set ? offers[i].id : 0,
+                           offers[i].name) == -1)
+      return -1;
+    if (set)
+      conn->meta_ids |= bit;
+  }
+  return 0;
 }
 
 /* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT, §1.6. */
@@ -350,6 +374,8 @@ opt_meta_context (struct connection *conn, uint32_t option,
 {
   bool set = option == NBD_OPT_SET_META_CONTEXT;
   uint32_t namelen, nqueries, pos;
+  struct meta_offer offers[META_MAX];
+  size_t noffers = meta_offered (offers, META_MAX);
 
   if (set && !conn->structured)
     return send_error (conn, option, NBD_REP_ERR_INVALID,
@@ -376,10 +402,10 @@ opt_meta_context (struct connection *conn, uint32_t option,
   memcpy (&nqueries, data + 4 + namelen, 4);
   nqueries = be32toh (nqueries);
   if (set)
-    conn->meta_base_alloc = false;
-  if (nqueries == 0 && !set &&
-      send_meta_context (conn, option, 0) == -1)
-    return -1;
+    conn->meta_ids = 0;
+  for (size_t i = 0; nqueries == 0 && !set && i < noffers; i++)
+    if (send_meta_context (conn, option, 0, offers[i].name) == -1)
+      return -1;
 
   pos = 4 + namelen + 4;
   for (uint32_t i = 0; i < nqueries; i++) {
@@ -400,13 +426,8 @@ opt_meta_context (struct connection *conn, uint32_t option,
                          i + 1);
     q = data + pos;
     pos += qlen;
-    if ((qlen == 15 && memcmp (q, "base:allocation", 15) == 0) ||
-        (!set && qlen == 5 && memcmp (q, "base:", 5) == 0)) {
-      if (send_meta_context (conn, option, set ? 1 : 0) == -1)
-        return -1;
-      if (set)
-        conn->meta_base_alloc = true;
-    }
+    if (meta_query (conn, option, q, qlen, offers, noffers) == -1)
+      return -1;
   }
   return send_ack (conn, option);
 }
@@ -505,7 +526,7 @@ opt_starttls (struct connection *conn)
     return -1;
   conn->structured = false;
   conn->extended = false;                                       /* */
-  conn->meta_base_alloc = false;
+  conn->meta_ids = 0;
   free (conn->meta_export);
   conn->meta_export = NULL;
   conn->listed = false;

@@ -17,6 +17,7 @@
 #include "nbdkit-plugin.h"
 #include "nbdkit-filter.h"
 #include "write-target.h"
+#include "meta-ext.h"
 #include "nbd-protocol.h"
 
 #define ATTRIBUTE_PRINTF(f, a) __attribute__ ((__format__ (__printf__, f, a)))
@@ -177,6 +178,10 @@ struct nbdkit_backend {
   char *filename;               /* owned: path of the .so */
   void *dl;                     /* dlopen handle */
   struct nbdkit_filter f;       /* a copy of its struct */
+  /* meta-ext.h, where the filter offers them. */
+  bool keeps_blocks;            /* honours NBDSRV_FLAG_DEPTH */
+  dirty_bitmap_name_fn *dirty_name;
+  dirty_extents_fn *dirty_extents;
 };
 
 /* One layer's state for one use of an export: per connection, or
@@ -335,6 +340,18 @@ int filter_extents (struct context *c, uint32_t count, uint64_t offset,
 int filter_cache (struct context *c, uint32_t count, uint64_t offset,
                   uint32_t flags, int *err);
 
+/* metacontext.c: the meta contexts this server offers (§1.6), with
+ * the ids of protocol.h.
+ */
+struct meta_offer {
+  uint32_t id;
+  const char *name;             /* borrowed, lives as long as the stack */
+};
+size_t meta_offered (struct meta_offer *out, size_t max);
+bool meta_matches (const char *name, const char *query, size_t qlen,
+                   bool list);
+struct nbdkit_backend *meta_dirty_layer (uint32_t id);
+
 /* context.c: opening, preparing, finalizing and closing contexts, and
  * the calls on one, each answered by its layer (filter or plugin).
  * The can_* answers and the size are asked once per context.
@@ -404,5 +421,8 @@ int backend_cache (struct export *exp, uint32_t count, uint64_t offset,
 int backend_extents (struct export *exp, uint32_t count, uint64_t offset,
                      uint32_t flags, struct nbdkit_extents *extents,
                      int *err);
+int backend_dirty_extents (struct export *exp, struct nbdkit_backend *b,
+                           uint32_t count, uint64_t offset,
+                           struct nbdkit_extents *extents, int *err);
 
 #endif /* NBDSRV_INTERNAL_H */

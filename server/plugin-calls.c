@@ -385,17 +385,35 @@ plugin_zero (struct context *c, uint32_t count, uint64_t offset,
   return flush_after ? plugin_flush (c, 0, err) : 0;
 }
 
+/* meta-ext.h: the plugin is the bottom layer, depth 1 where it has
+ * data and 0 in its holes.  Plugins never see the flag.
+ */
+static void
+plugin_depths (struct nbdkit_extents *extents, size_t from)
+{
+  for (size_t i = from; i < extents->len; i++) {
+    uint32_t t = extents->ptr[i].type;
+
+    extents->ptr[i].type =
+      NBDSRV_WITH_DEPTH (t, (t & NBDKIT_EXTENT_HOLE) ? 0 : 1);
+  }
+}
+
 int
 plugin_extents (struct context *c, uint32_t count, uint64_t offset,
                 uint32_t flags, struct nbdkit_extents *extents, int *err)
 {
+  size_t from = extents->len;
   int r;
 
   /* can_extents without .extents: everything is data (§4.3). */
   if (plugin.p.extents == NULL)
     r = nbdkit_add_extent (extents, offset, count, 0);
   else
-    r = plugin.p.extents (c->handle, count, offset, flags, extents);
+    r = plugin.p.extents (c->handle, count, offset,
+                          flags & ~NBDSRV_FLAG_DEPTH, extents);
+  if (r == 0 && (flags & NBDSRV_FLAG_DEPTH))
+    plugin_depths (extents, from);
   RESULT (r);
 }
 

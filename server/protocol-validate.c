@@ -129,8 +129,8 @@ request_validate (const struct validate_state *st, const struct request *r,
     FAIL (EINVAL, "the export does not support this command");
   if (t == NBD_CMD_BLOCK_STATUS && !st->structured)               /* V-14 */
     FAIL (EINVAL, "BLOCK_STATUS needs structured replies");
-  if (t == NBD_CMD_BLOCK_STATUS && !st->meta_base_alloc)
-    FAIL (EINVAL, "BLOCK_STATUS needs the base:allocation meta context");
+  if (t == NBD_CMD_BLOCK_STATUS && !st->meta_selected)
+    FAIL (EINVAL, "BLOCK_STATUS needs a meta context selected");
   if (t == NBD_CMD_WRITE_ZEROES && (f & NBD_CMD_FLAG_FAST_ZERO) &&
       !(st->eflags & NBD_FLAG_SEND_FAST_ZERO))                    /* V-15 */
     FAIL (EINVAL, "FAST_ZERO was not advertised");

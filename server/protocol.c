@@ -90,7 +90,7 @@ validate_state_of (const struct connection *conn, struct validate_state *st)
   st->eflags = conn->exp.caps.eflags;
   st->structured = conn->structured;
   st->extended = conn->extended;
-  st->meta_base_alloc = conn->meta_base_alloc;
+  st->meta_selected = conn->meta_ids != 0;
   st->align = conn->align;
 }
 
@@ -279,29 +279,39 @@ split_run (split_fn *fn, struct export *exp, const struct request *r,
   return 0;
 }
 
-/* Extents for [offset, offset+count) into E.  The stack takes 32-bit
- * counts; a longer request (extended headers, X-11) asks again from
- * where each answer ended, as long as the answer reached the end of
- * what was asked (longer extents are then likely), at most
- * EXTENTS_ROUNDS times.  A later round that fails only shortens the
- * answer, which R-22 allows.
+/* Context META's extents for [offset, offset+count) into E: the
+ * stack's, asking for depths for qemu:allocation-depth, or a dirty
+ * bitmap's from the filter tracking it.  The stack takes 32-bit counts;
+ * a longer request (extended headers, X-11) asks again from where each
+ * answer ended, as long as the answer reached the end of what was asked
+ * (longer extents are then likely), at most EXTENTS_ROUNDS times.  A
+ * later round that fails only shortens the answer, which R-22 allows.
  */
 #define EXTENTS_ROUNDS 16
 
 static int
 extents_collect (struct connection *conn, const struct request *r,
-                 struct nbdkit_extents *e, int *err)
+                 uint32_t meta, struct nbdkit_extents *e, int *err)
 {
   uint64_t pos = r->offset, end = r->offset + r->count;
   uint32_t flags = plugin_flags (r);
+  struct nbdkit_backend *dirty = NULL;
 
+  if (meta == META_ALLOCATION_DEPTH)
+    flags |= NBDSRV_FLAG_DEPTH;
+  else if (meta >= META_DIRTY_FIRST)
+    dirty = meta_dirty_layer (meta);
   extents_reset (e, r->offset, conn->exp.caps.size);
   for (int round = 0; round < EXTENTS_ROUNDS && pos < end; round++) {
     uint32_t n = end - pos > SPLIT_MAX ? SPLIT_MAX : (uint32_t) (end - pos);
-    int ignored;
+    int ignored, *rerr = round == 0 ? err : &ignored;
+    int ret;
 
-    if (backend_extents (&conn->exp, n, pos, flags, e,
-                         round == 0 ? err : &ignored) == -1)
+    if (dirty)
+      ret = backend_dirty_extents (&conn->exp, dirty, n, pos, e, rerr);
+    else
+      ret = backend_extents (&conn->exp, n, pos, flags, e, rerr);
+    if (ret == -1)
       return round == 0 ? -1 : 0;
     if (e->next < pos + n)
       break;
@@ -310,8 +320,11 @@ extents_collect (struct connection *conn, const struct request *r,
   return 0;
 }
 
-/* Block status: extents into the thread's list, descriptors into the
- * thread's buffer, one chunk out.  Nothing is allocated per request.
+/* Block status: one chunk per selected context, in id order (R-20),
+ * sent in one write so they stay together (R-24).  Each context's
+ * extents go into the thread's list in turn and its descriptors after
+ * the previous ones in the thread's buffer.  Nothing is allocated per
+ * request once the buffers have grown.
  */
 static int
 do_block_status (struct connection *conn, bool batch,
@@ -321,28 +334,39 @@ do_block_status (struct connection *conn, bool batch,
   bool req_one = r->flags & NBD_CMD_FLAG_REQ_ONE;
   size_t size = conn->extended ? sizeof (struct nbd_block_descriptor_ext)
     : sizeof (struct nbd_block_descriptor);
-  size_t max, n;
-  void *desc;
+  struct bs_chunk chunks[META_MAX];
+  size_t k = 0, used = 0;
+  char *buf = NULL;
 
   if (e == NULL) {
     *err = ENOMEM;
     return -1;
   }
-  if (extents_collect (conn, r, e, err) == -1)
-    return -1;
-  /* Only a 32-bit descriptor can need splitting, and then the request
-   * is under 4 GiB, so only the extent that reaches its end needs a
-   * second one: len + 1 is enough.
-   */
-  max = req_one ? 1 : MIN (e->len + 1, (size_t) BLOCKSTATUS_MAX_DESC);
-  desc = thread_buffer (max * size);
-  if (desc == NULL) {
-    *err = ENOMEM;
-    return -1;
+  for (uint32_t id = 1; id <= META_MAX; id++) {
+    size_t max;
+
+    if (!(conn->meta_ids & (UINT32_C (1) << id)))
+      continue;
+    if (extents_collect (conn, r, id, e, err) == -1)
+      return -1;
+    /* Only a 32-bit descriptor can need splitting, and then the
+     * request is under 4 GiB, so only the extent that reaches its end
+     * needs a second one: len + 1 is enough.
+     */
+    max = req_one ? 1 : MIN (e->len + 1, (size_t) BLOCKSTATUS_MAX_DESC);
+    buf = thread_buffer (used + max * size);
+    if (buf == NULL) {
+      *err = ENOMEM;
+      return -1;
+    }
+    chunks[k].context_id = id;
+    chunks[k].desc_offset = used;
+    chunks[k].n = blockstatus_encode (e, r->offset, r->count, req_one,
+                                      conn->extended, id, buf + used, max);
+    used += chunks[k].n * size;
+    k++;
   }
-  n = blockstatus_encode (e, r->offset, r->count, req_one, conn->extended,
-                          desc, max);
-  reply_block_status (conn, batch, r, 1, desc, n, true);
+  reply_block_status (conn, batch, r, buf, chunks, k);
   return -2;                    /* the reply is sent */
 }
 

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "nbd-protocol.h"
+#include "meta-ext.h"
 
 struct nbdkit_extents;
 
@@ -17,7 +18,7 @@ struct validate_state {
   uint64_t size;                /* export size */
   uint16_t eflags;              /* transmission flags as advertised */
   bool structured;              /* structured replies negotiated */
-  bool meta_base_alloc;         /* base:allocation selected */
+  bool meta_selected;           /* a meta context is selected */
   uint32_t align;               /* V-16: >1 to enforce, else 0 */
   bool extended;                /* extended headers negotiated (§6) */
 };
@@ -58,13 +59,35 @@ enum tls_verdict option_tls_check (const struct tls_option_state *st,
                                    uint32_t option, uint32_t len,
                                    uint32_t *reply, const char **why);
 
-/* blockstatus.c: encode base:allocation descriptors (R-20..R-23) into
+/* The meta contexts' ids (metacontext.c offers them): fixed, so a
+ * client's selection is a bit mask of them.
+ */
+#define META_BASE_ALLOCATION  1
+#define META_ALLOCATION_DEPTH 2
+#define META_DIRTY_FIRST      3   /* then one id per dirty bitmap */
+#define META_MAX              31
+
+/* The status flags context ID reports for an extent of TYPE. */
+static inline uint32_t
+meta_status (uint32_t id, uint32_t type)
+{
+  switch (id) {
+  case META_BASE_ALLOCATION:
+    return type & (NBD_STATE_HOLE | NBD_STATE_ZERO);
+  case META_ALLOCATION_DEPTH:
+    return NBDSRV_DEPTH_OF (type);
+  default:                      /* a dirty bitmap: 1 dirty, 0 clean */
+    return type & 1;
+  }
+}
+
+/* blockstatus.c: encode context META's descriptors (R-20..R-23) into
  * OUT, 32-bit (struct nbd_block_descriptor) or with EXT 64-bit
  * (struct nbd_block_descriptor_ext, X-14).
  */
 size_t blockstatus_encode (const struct nbdkit_extents *e,
                            uint64_t offset, uint64_t count, bool req_one,
-                           bool ext, void *out, size_t max);
+                           bool ext, uint32_t meta, void *out, size_t max);
 
 /* blockstatus.c: how to answer a structured READ (R-18): runs of data
  * to read and send, and runs that read as zeroes, sent as OFFSET_HOLE

@@ -241,28 +241,37 @@ reply_error (struct connection *conn, bool batch, const struct request *r,
   return reply_send (conn, batch, iov, msglen ? 2 : 1);
 }
 
-/* One context's block status chunk (R-20): DESC holds N descriptors as
- * blockstatus_encode made them, 32-bit, or 64-bit with extended headers
- * (BLOCK_STATUS_EXT, X-14).  DONE on the last context's chunk.
+/* Block status (R-20): a chunk per context, each with the descriptors
+ * blockstatus_encode made at its offset in DESC, 32-bit, or 64-bit with
+ * extended headers (BLOCK_STATUS_EXT, X-14); DONE on the last.
  */
 int
 reply_block_status (struct connection *conn, bool batch,
-                    const struct request *r, uint32_t context_id,
-                    const void *desc, size_t n, bool done)
+                    const struct request *r, const char *desc,
+                    const struct bs_chunk *chunks, size_t k)
 {
-  char hdr[CHUNK_HEADER_MAX];
+  char hdr[META_MAX][CHUNK_HEADER_MAX];
+  struct iovec iov[2 * META_MAX];
   size_t size = conn->extended ? sizeof (struct nbd_block_descriptor_ext)
     : sizeof (struct nbd_block_descriptor);
-  struct iovec iov[2] = { { hdr, 0 }, { (void *) desc, n * size } };
-  uint32_t fixed[2] = { htobe32 (context_id), htobe32 (n) };
   size_t fixed_len = conn->extended ? 8 : 4;
-  size_t h;
+  int n = 0;
 
-  h = chunk_header (conn, hdr, r, done ? NBD_REPLY_FLAG_DONE : 0,
-                    conn->extended ? NBD_REPLY_TYPE_BLOCK_STATUS_EXT
-                    : NBD_REPLY_TYPE_BLOCK_STATUS,
-                    fixed_len + n * size);
-  memcpy (hdr + h, fixed, fixed_len);
-  iov[0].iov_len = h + fixed_len;
-  return reply_send (conn, batch, iov, 2);
+  for (size_t i = 0; i < k && i < META_MAX; i++) {
+    uint32_t fixed[2] = {
+      htobe32 (chunks[i].context_id), htobe32 (chunks[i].n)
+    };
+    size_t h = chunk_header (conn, hdr[i], r,
+                             i == k - 1 ? NBD_REPLY_FLAG_DONE : 0,
+                             conn->extended ? NBD_REPLY_TYPE_BLOCK_STATUS_EXT
+                             : NBD_REPLY_TYPE_BLOCK_STATUS,
+                             fixed_len + chunks[i].n * size);
+
+    memcpy (hdr[i] + h, fixed, fixed_len);
+    iov[n++] = (struct iovec) { hdr[i], h + fixed_len };
+    iov[n++] = (struct iovec) {
+      (void *) (desc + chunks[i].desc_offset), chunks[i].n * size
+    };
+  }
+  return reply_send (conn, batch, iov, n);
 }

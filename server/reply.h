@@ -29,9 +29,15 @@ int reply_read_pieces (struct connection *conn, bool batch,
 int reply_error (struct connection *conn, bool batch,
                  const struct request *r, uint32_t error,
                  const char *msg, size_t msglen);
+/* One context's block status chunk: N descriptors at DESC_OFFSET. */
+struct bs_chunk {
+  uint32_t context_id;
+  size_t desc_offset;
+  size_t n;
+};
 int reply_block_status (struct connection *conn, bool batch,
-                        const struct request *r, uint32_t context_id,
-                        const void *desc, size_t n, bool done);
+                        const struct request *r, const char *desc,
+                        const struct bs_chunk *chunks, size_t k);
 int reply_flush (struct connection *conn);
 
 #endif /* NBDSRV_REPLY_H */

@@ -131,7 +131,8 @@ check_encode (const uint8_t *p, size_t left, const struct request *r)
   if (e.len == 0 || r->count == 0)
     goto out;
   n = blockstatus_encode (&e, r->offset, r->count,
-                          r->flags & NBD_CMD_FLAG_REQ_ONE, true, out, 64);
+                          r->flags & NBD_CMD_FLAG_REQ_ONE, true,
+                          META_BASE_ALLOCATION, out, 64);
   REQUIRE (n >= 1);
   end = r->offset;
   for (size_t i = 0; i < n; i++) {
@@ -159,7 +160,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   st.eflags = take (&p, &left, 2);
   bits = take (&p, &left, 1);
   st.structured = st.extended = true;
-  st.meta_base_alloc = bits & 1;
+  st.meta_selected = bits & 1;
   e = bits >> 1;
   st.align = e >= 1 && e <= 16 ? 1u << e : 0;
   memset (&wire, 0, sizeof wire);

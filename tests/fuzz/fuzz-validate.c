@@ -88,7 +88,7 @@ check_validate (struct reader *in)
   st.eflags = take (in, 2);
   a = take (in, 1);
   st.structured = a & 1;
-  st.meta_base_alloc = a & 2;
+  st.meta_selected = a & 2;
   a >>= 2;
   st.align = a >= 1 && a <= 16 ? UINT32_C (1) << a : 0;
   for (size_t i = 0; i < sizeof wire; i++)
@@ -119,7 +119,7 @@ check_validate (struct reader *in)
       req.type == NBD_CMD_WRITE_ZEROES)                           /* V-1 */
     REQUIRE (!(st.eflags & NBD_FLAG_READ_ONLY));
   if (req.type == NBD_CMD_BLOCK_STATUS)                           /* V-14 */
-    REQUIRE (st.structured && st.meta_base_alloc);
+    REQUIRE (st.structured && st.meta_selected);
   if (req.flags & NBD_CMD_FLAG_FUA)                               /* V-11 */
     REQUIRE (st.eflags & NBD_FLAG_SEND_FUA);
   if (req.flags & NBD_CMD_FLAG_DF)                                /* V-8 */
@@ -191,7 +191,8 @@ check_blockstatus (struct reader *in)
   /* The request lies inside the list's range, as in backend_extents. */
   if (count > end - start)
     count = end - start;
-  n = blockstatus_encode (e, start, count, req_one, false, out, max);
+  n = blockstatus_encode (e, start, count, req_one, false,
+                          META_BASE_ALLOCATION, out, max);
   REQUIRE (n <= max);
   if (req_one)
     REQUIRE (n <= 1);

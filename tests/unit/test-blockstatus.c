@@ -41,15 +41,15 @@ test_pins (void)
 
   fill_pinned (0);
   check (e.len == 3, "neighbours of one type merge: %zu extents", e.len);
-  n = blockstatus_encode (&e, 0, 4096, false, false, d, 64);
+  n = blockstatus_encode (&e, 0, 4096, false, false, META_BASE_ALLOCATION, d, 64);
   check (n == 1 && desc_is (0, 65536, 3),
          "4 KiB query at 0 answers one descriptor past the request");
-  n = blockstatus_encode (&e, 0, 4096, true, false, d, 64);
+  n = blockstatus_encode (&e, 0, 4096, true, false, META_BASE_ALLOCATION, d, 64);
   check (n == 1 && desc_is (0, 4096, 3), "REQ_ONE clips to the request");
-  n = blockstatus_encode (&e, 0, MiB, false, false, d, 64);
+  n = blockstatus_encode (&e, 0, MiB, false, false, META_BASE_ALLOCATION, d, 64);
   check (n == 3 && desc_is (0, 65536, 3) && desc_is (1, 32768, 0) &&
          desc_is (2, 950272, 3), "1 MiB query answers the pinned list");
-  n = blockstatus_encode (&e, 0, 65537, false, false, d, 64);
+  n = blockstatus_encode (&e, 0, 65537, false, false, META_BASE_ALLOCATION, d, 64);
   check (n == 2 && desc_is (1, 32768, 0),
          "stop after the descriptor that passes the end");
   fill_pinned (70000);
@@ -88,15 +88,15 @@ test_split_long (void)
 
   extents_reset (&e, 0, UINT64_C (16) << 30);
   nbdkit_add_extent (&e, 0, UINT64_C (16) << 30, HZ);
-  n = blockstatus_encode (&e, 0, 0xffffffff, false, false, d, 64);
+  n = blockstatus_encode (&e, 0, 0xffffffff, false, false, META_BASE_ALLOCATION, d, 64);
   check (n == 1 && desc_is (0, 0xffffffff, 3),
          "an extent longer than 4 GiB - 1 is cut to a u32");
-  n = blockstatus_encode (&e, 0, 0xffffffff, false, false, d, 1);
+  n = blockstatus_encode (&e, 0, 0xffffffff, false, false, META_BASE_ALLOCATION, d, 1);
   check (n == 1, "the descriptor cap is honoured");
   extents_reset (&e, 0, UINT64_C (16) << 30);
   nbdkit_add_extent (&e, 0, 1, 0);
   nbdkit_add_extent (&e, 1, UINT64_C (16) << 30, 4 | HZ);
-  n = blockstatus_encode (&e, 0, 0xffffffff, false, false, d, 64);
+  n = blockstatus_encode (&e, 0, 0xffffffff, false, false, META_BASE_ALLOCATION, d, 64);
   check (n == 2 && desc_is (0, 1, 0) && desc_is (1, 0xffffffff, 3),
          "status bits other than hole/zero are masked off");
 }
@@ -112,13 +112,13 @@ test_ext (void)
   extents_reset (&e, 0, UINT64_C (16) << 30);
   nbdkit_add_extent (&e, 0, UINT64_C (5) << 30, HZ);
   nbdkit_add_extent (&e, UINT64_C (5) << 30, UINT64_C (11) << 30, 0);
-  n = blockstatus_encode (&e, 0, UINT64_C (6) << 30, false, true, x, 8);
+  n = blockstatus_encode (&e, 0, UINT64_C (6) << 30, false, true, META_BASE_ALLOCATION, x, 8);
   check (n == 2 && be64toh (x[0].length) == UINT64_C (5) << 30 &&
          be64toh (x[0].status_flags) == 3 &&
          be64toh (x[1].length) == UINT64_C (11) << 30 &&
          be64toh (x[1].status_flags) == 0,
          "5 GiB and 11 GiB extents are one descriptor each");
-  n = blockstatus_encode (&e, 0, UINT64_C (4) << 30, true, true, x, 8);
+  n = blockstatus_encode (&e, 0, UINT64_C (4) << 30, true, true, META_BASE_ALLOCATION, x, 8);
   check (n == 1 && be64toh (x[0].length) == UINT64_C (4) << 30,
          "REQ_ONE clips a 64-bit descriptor to the request");
 }
