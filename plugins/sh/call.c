@@ -41,6 +41,37 @@
 
 const char *sh_tmpdir;
 static char tmpdir_buf[PATH_MAX];
+static char **script_env;       /* owned array; the strings are environ's */
+static char tmpdir_var[PATH_MAX + sizeof "tmpdir="];
+
+extern char **environ;
+
+/* The environment scripts run in: the server's, with tmpdir set to
+ * our directory.  It is built once here instead of with setenv, so
+ * that $tmpdir reaches only the scripts: the --run command keeps the
+ * environment it was started with, a user's own tmpdir included, as
+ * under nbdkit.
+ */
+static int
+script_env_build (void)
+{
+  size_t n = 0, i, j = 0;
+
+  while (environ[n])
+    n++;
+  script_env = calloc (n + 2, sizeof *script_env);
+  if (script_env == NULL) {
+    nbdkit_error ("calloc: %m");
+    return -1;
+  }
+  snprintf (tmpdir_var, sizeof tmpdir_var, "tmpdir=%s", tmpdir_buf);
+  script_env[j++] = tmpdir_var;
+  for (i = 0; i < n; ++i)
+    if (strncmp (environ[i], "tmpdir=", 7) != 0)
+      script_env[j++] = environ[i];
+  script_env[j] = NULL;
+  return 0;
+}
 
 /* The directory scripts keep state in, exported as $tmpdir.  It is
  * made in load, before the server starts any thread, because setenv
@@ -64,8 +95,7 @@ sh_tmpdir_create (void)
                   tmpdir_buf);
     return -1;
   }
-  if (setenv ("tmpdir", tmpdir_buf, 1) == -1) {
-    nbdkit_error ("setenv: tmpdir: %m");
+  if (script_env_build () == -1) {
     rmdir (tmpdir_buf);
     return -1;
   }
@@ -92,6 +122,8 @@ sh_tmpdir_remove (void)
     return;
   nftw (sh_tmpdir, tmpdir_remove_one, 16, FTW_DEPTH | FTW_PHYS);
   sh_tmpdir = NULL;
+  free (script_env);
+  script_env = NULL;
 }
 
 /* A server may exit after a failed configuration without unloading
@@ -242,10 +274,10 @@ child_exec (int in_fd, int out_fd, int err_fd,
   sigemptyset (&all);
   sigprocmask (SIG_SETMASK, &all, NULL);
 
-  execv (argv[0], argv);
+  execve (argv[0], argv, script_env ? script_env : environ);
   /* A script without "#!" is a /bin/sh script, as with execvp. */
   if (errno == ENOEXEC)
-    execv (shargv[0], shargv);
+    execve (shargv[0], shargv, script_env ? script_env : environ);
 
   child_write_str (argv[0]);
   child_write_str (": ");

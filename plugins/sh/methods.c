@@ -22,6 +22,23 @@
 
 #define NUMBUF 32
 
+/* A connection's handle: the string open printed, which every method
+ * receives as $2, and the answers of the two methods that the server
+ * and these callbacks both need, so that each runs at most once per
+ * connection, as under nbdkit.  -2 means not asked yet.
+ */
+struct sh_handle {
+  char *name;                   /* owned */
+  int can_zero;
+  int can_flush;
+};
+
+static const char *
+h_name (void *handle)
+{
+  return ((struct sh_handle *) handle)->name;
+}
+
 static const char *
 bool_str (int b)
 {
@@ -386,7 +403,7 @@ sh_default_export (int readonly, int is_tls)
   return name;
 }
 
-/* The handle is the string open printed, owned by the server's
+/* The handle holds the string open printed, owned by the server's
  * connection until close frees it.
  */
 void *
@@ -396,16 +413,17 @@ sh_open (int readonly)
   const char *args[] = { bool_str (readonly), export ? export : "",
                          bool_str (nbdkit_is_tls () > 0), NULL };
   struct sh_buf out = { 0 };
-  char *handle = NULL;
+  struct sh_handle *h = NULL;
+  char *name = NULL;
 
   switch (call0 ("open", args, &out)) {
   case SH_OK:
-    handle = strdup (out.data ? out.data : "");
-    if (handle)
-      sh_chomp (handle);
+    name = strdup (out.data ? out.data : "");
+    if (name)
+      sh_chomp (name);
     break;
   case SH_MISSING:
-    handle = strdup ("");
+    name = strdup ("");
     break;
   case SH_FALSE:
     nbdkit_error ("%s: open exited with status 3, which has no meaning "
@@ -415,27 +433,35 @@ sh_open (int readonly)
   default:
     goto out_free;
   }
-  if (handle == NULL)
-    nbdkit_error ("strdup: %m");
+  if (name)
+    h = malloc (sizeof *h);
+  if (h == NULL) {
+    nbdkit_error ("malloc: %m");
+    free (name);
+    goto out_free;
+  }
+  *h = (struct sh_handle) { .name = name, .can_zero = -2, .can_flush = -2 };
 
  out_free:
   sh_buf_free (&out);
-  return handle;
+  return h;
 }
 
 void
 sh_close (void *handle)
 {
-  const char *args[] = { handle, NULL };
+  struct sh_handle *h = handle;
+  const char *args[] = { h->name, NULL };
 
   call0 ("close", args, NULL);
-  free (handle);
+  free (h->name);
+  free (h);
 }
 
 const char *
 sh_export_description (void *handle)
 {
-  const char *args[] = { handle, NULL };
+  const char *args[] = { h_name (handle), NULL };
   struct sh_buf out = { 0 };
   const char *desc = NULL;
 
@@ -451,7 +477,7 @@ sh_export_description (void *handle)
 int64_t
 sh_get_size (void *handle)
 {
-  const char *args[] = { handle, NULL };
+  const char *args[] = { h_name (handle), NULL };
   struct sh_buf out = { 0 };
   int64_t size = -1;
 
@@ -479,7 +505,7 @@ int
 sh_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
                uint32_t *maximum)
 {
-  const char *args[] = { handle, NULL };
+  const char *args[] = { h_name (handle), NULL };
   struct sh_buf out = { 0 };
   uint32_t *dest[3] = { minimum, preferred, maximum };
   char *p, *word, *save = NULL;
@@ -530,7 +556,7 @@ sh_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
 static int
 call_bool (const char *method, void *handle)
 {
-  const char *args[] = { handle, NULL };
+  const char *args[] = { h_name (handle), NULL };
 
   switch (call0 (method, args, NULL)) {
   case SH_OK:
@@ -544,11 +570,58 @@ call_bool (const char *method, void *handle)
 }
 
 int sh_can_write (void *h) { return call_bool ("can_write", h); }
-int sh_can_flush (void *h) { return call_bool ("can_flush", h); }
 int sh_is_rotational (void *h) { return call_bool ("is_rotational", h); }
 int sh_can_trim (void *h) { return call_bool ("can_trim", h); }
-int sh_can_zero (void *h) { return call_bool ("can_zero", h); }
-int sh_can_fast_zero (void *h) { return call_bool ("can_fast_zero", h); }
+
+/* METHOD's answer, asked once per connection and kept in *CACHED. */
+static int
+call_bool_once (const char *method, void *handle, int *cached)
+{
+  if (*cached == -2)
+    *cached = call_bool (method, handle);
+  return *cached;
+}
+
+int
+sh_can_flush (void *handle)
+{
+  struct sh_handle *h = handle;
+
+  return call_bool_once ("can_flush", handle, &h->can_flush);
+}
+
+int
+sh_can_zero (void *handle)
+{
+  struct sh_handle *h = handle;
+
+  return call_bool_once ("can_zero", handle, &h->can_zero);
+}
+
+/* Without can_fast_zero, fast zero is advertised unless can_zero said
+ * yes: with no zero support of its own the script's zeroes would be
+ * written with pwrite, and a fast zero request then fails at once,
+ * which is fast.  nbdkit-plugin(3) gives C plugins this rule, and
+ * nbdkit's sh plugin follows it.
+ */
+int
+sh_can_fast_zero (void *handle)
+{
+  const char *args[] = { h_name (handle), NULL };
+  int r;
+
+  switch (call0 ("can_fast_zero", args, NULL)) {
+  case SH_OK:
+    return 1;
+  case SH_FALSE:
+    return 0;
+  case SH_MISSING:
+    r = sh_can_zero (handle);
+    return r == -1 ? -1 : !r;
+  default:
+    return -1;
+  }
+}
 int sh_can_extents (void *h) { return call_bool ("can_extents", h); }
 int sh_can_multi_conn (void *h) { return call_bool ("can_multi_conn", h); }
 
@@ -559,7 +632,7 @@ static int
 call_tristate (const char *method, void *handle)
 {
   static const char *const names[] = { "none", "emulate", "native" };
-  const char *args[] = { handle, NULL };
+  const char *args[] = { h_name (handle), NULL };
   struct sh_buf out = { 0 };
   const char *word;
   int r = -1, i;
@@ -599,8 +672,7 @@ sh_can_fua (void *handle)
   int r = call_tristate ("can_fua", handle);
 
   if (r == -2)
-    r = call_bool ("can_flush", handle) == 1 ? NBDKIT_FUA_EMULATE
-      : NBDKIT_FUA_NONE;
+    r = sh_can_flush (handle) == 1 ? NBDKIT_FUA_EMULATE : NBDKIT_FUA_NONE;
   return r;
 }
 
@@ -618,7 +690,7 @@ sh_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
           uint32_t flags)
 {
   char cbuf[NUMBUF], obuf[NUMBUF];
-  const char *args[] = { handle, cbuf, obuf, NULL };
+  const char *args[] = { h_name (handle), cbuf, obuf, NULL };
   struct sh_buf out = { .data = buf, .cap = count, .fixed = true };
 
   snprintf (cbuf, sizeof cbuf, "%" PRIu32, count);
@@ -654,7 +726,7 @@ sh_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
            uint32_t flags)
 {
   char cbuf[NUMBUF], obuf[NUMBUF];
-  const char *args[] = { handle, cbuf, obuf,
+  const char *args[] = { h_name (handle), cbuf, obuf,
                          flags & NBDKIT_FLAG_FUA ? "fua" : "", NULL };
 
   snprintf (cbuf, sizeof cbuf, "%" PRIu32, count);
@@ -678,7 +750,7 @@ sh_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
 int
 sh_flush (void *handle, uint32_t flags)
 {
-  const char *args[] = { handle, NULL };
+  const char *args[] = { h_name (handle), NULL };
 
   switch (call0 ("flush", args, NULL)) {
   case SH_OK:
@@ -696,7 +768,7 @@ int
 sh_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   char cbuf[NUMBUF], obuf[NUMBUF];
-  const char *args[] = { handle, cbuf, obuf,
+  const char *args[] = { h_name (handle), cbuf, obuf,
                          flags & NBDKIT_FLAG_FUA ? "fua" : "", NULL };
 
   snprintf (cbuf, sizeof cbuf, "%" PRIu32, count);
@@ -720,7 +792,7 @@ int
 sh_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   char cbuf[NUMBUF], obuf[NUMBUF], fbuf[NUMBUF] = "";
-  const char *args[] = { handle, cbuf, obuf, fbuf, NULL };
+  const char *args[] = { h_name (handle), cbuf, obuf, fbuf, NULL };
 
   snprintf (cbuf, sizeof cbuf, "%" PRIu32, count);
   snprintf (obuf, sizeof obuf, "%" PRIu64, offset);
@@ -803,7 +875,7 @@ sh_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
             struct nbdkit_extents *extents)
 {
   char cbuf[NUMBUF], obuf[NUMBUF];
-  const char *args[] = { handle, cbuf, obuf,
+  const char *args[] = { h_name (handle), cbuf, obuf,
                          flags & NBDKIT_FLAG_REQ_ONE ? "req_one" : "",
                          NULL };
   struct sh_buf out = { 0 };
@@ -848,7 +920,7 @@ int
 sh_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   char cbuf[NUMBUF], obuf[NUMBUF];
-  const char *args[] = { handle, cbuf, obuf, NULL };
+  const char *args[] = { h_name (handle), cbuf, obuf, NULL };
 
   snprintf (cbuf, sizeof cbuf, "%" PRIu32, count);
   snprintf (obuf, sizeof obuf, "%" PRIu64, offset);

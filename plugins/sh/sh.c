@@ -178,16 +178,16 @@ sh_plugin_config_complete (void)
   return sh_config_complete ();
 }
 
-/* Before the script is known there is nothing to ask; serializing is
- * the safe answer.  (nbdkit asks only after configuration; a server
- * that asks earlier still gets a model that is correct for any
- * script.)
+/* Without a script there is nothing to ask and nothing to serve; it
+ * happens only for --dump-plugin sh, where nbdkit 1.32 says parallel
+ * (the most a script may choose), and so do we.  With a script, its
+ * thread_model method decides.
  */
 static int
 sh_plugin_thread_model (void)
 {
   if (script == NULL)
-    return NBDKIT_THREAD_MODEL_SERIALIZE_ALL_REQUESTS;
+    return NBDKIT_THREAD_MODEL_PARALLEL;
   return sh_thread_model ();
 }
 

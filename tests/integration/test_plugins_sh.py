@@ -617,3 +617,127 @@ def test_eval_dump_plugin(tmp_path):
                                                        "max_known_status",
                                                        "max_thread_model"))]
     assert out["nbdsrv"] == out["nbdkit"]
+
+
+# ------------------------------------------------- calling convention
+
+def run_both(args, run_cmd, env=None):
+    """ARGS under each server with --run RUN_CMD; (status, stdout)."""
+    out = []
+    for impl in ("nbdsrv", "nbdkit"):
+        p = subprocess.run([BINARIES[impl], "-U", "-"] + args +
+                           ["--run", run_cmd], capture_output=True,
+                           env=env or RUN_ENV, timeout=120)
+        out.append((p.returncode, p.stdout.decode()))
+    return out
+
+
+# nbdsh in --run commands finds python3 through PATH; only Debian's
+# has libnbd's module.
+RUN_ENV = dict(os.environ, PATH="/usr/bin:/bin:" + os.environ.get("PATH", ""))
+
+FLAGS_CMD = ('nbdsh -u "$uri" -c "print(h.can_zero(), h.can_fast_zero(), '
+             'h.can_flush(), h.can_fua())"')
+
+
+@pytest.mark.parametrize("methods,fast", [
+    ("", True),                                 # no zero support at all
+    ("can_zero) exit 0 ;;", False),
+    ("can_zero) exit 3 ;;", True),
+    ("zero) exit 0 ;;", True),                  # can_zero missing: false
+    ("can_zero) exit 0 ;; zero) exit 0 ;;", False),
+    ("can_fast_zero) exit 3 ;;", False),
+])
+def test_fast_zero_default_matches_nbdkit(tmp_path, methods, fast):
+    """Without can_fast_zero, fast zero is advertised unless can_zero
+    says yes (nbdkit-plugin(3)'s rule, as nbdkit's sh plugin has it)."""
+    script = write_script(tmp_path, "fz.sh", (
+        '#!/bin/sh\ncase "$1" in get_size) echo 1M ;; can_write) ;; '
+        'pread) dd if=/dev/zero count=$3 iflag=count_bytes status=none ;; '
+        '%s *) exit 2 ;; esac\n' % methods))
+    out = run_both(["sh", script], FLAGS_CMD)
+    assert out[0] == out[1]
+    assert out[0][1].split()[:2] == ["True", str(fast)]
+
+
+def test_negotiation_callbacks_run_once(tmp_path):
+    """Each method the handshake needs runs at most once per connection
+    (can_flush, for one, also decides can_fua)."""
+    log = tmp_path / "log"
+    script = write_script(tmp_path, "once.sh", r"""#!/bin/sh
+echo "$1" >> $LOG
+case "$1" in
+  get_size) echo 1M ;;
+  can_write|can_flush|can_zero|can_trim) ;;
+  pread) dd if=/dev/zero count=$3 iflag=count_bytes status=none ;;
+  *) exit 2 ;;
+esac
+""")
+    counts = []
+    for impl in ("nbdsrv", "nbdkit"):
+        log.write_text("")
+        p = subprocess.run([BINARIES[impl], "-U", "-", "sh", script,
+                            "--run", FLAGS_CMD], capture_output=True,
+                           env=dict(RUN_ENV, LOG=str(log)), timeout=120)
+        assert p.returncode == 0, p.stderr
+        names = log.read_text().split()
+        counts.append({n: names.count(n) for n in set(names)})
+    for name in ("open", "get_size", "can_write", "can_flush", "can_fua",
+                 "can_zero", "can_fast_zero", "can_trim", "can_extents",
+                 "can_multi_conn", "can_cache", "is_rotational",
+                 "block_size", "default_export"):
+        assert counts[0].get(name) == counts[1].get(name) == 1, name
+
+
+def test_tmpdir_only_for_scripts(tmp_path):
+    """$tmpdir is the plugin's private directory in scripts only: the
+    --run command does not see it, and keeps a tmpdir of its own."""
+    script = write_script(tmp_path, "t.sh", (
+        '#!/bin/sh\ncase "$1" in get_size) [ -d "$tmpdir" ] && '
+        '[ "$tmpdir" != /mine ] && echo 1M ;; '
+        'pread) dd if=/dev/zero count=$3 iflag=count_bytes status=none ;; '
+        '*) exit 2 ;; esac\n'))
+    cmd = 'nbdinfo --size "$uri"; echo "tmpdir=${tmpdir-unset}"'
+    assert run_both(["sh", script], cmd) == \
+        [(0, "1048576\ntmpdir=unset\n")] * 2
+    assert run_both(["sh", script], cmd,
+                    env=dict(RUN_ENV, tmpdir="/mine")) == \
+        [(0, "1048576\ntmpdir=/mine\n")] * 2
+
+
+@pytest.mark.parametrize("plugin", ["sh", "eval"])
+def test_dump_plugin_without_script(plugin):
+    out = []
+    for impl in ("nbdsrv", "nbdkit"):
+        p = subprocess.run([BINARIES[impl], "--dump-plugin", plugin],
+                           capture_output=True, timeout=60)
+        out.append([l for l in p.stdout.decode().splitlines()
+                    if l.startswith("thread_model=")])
+    assert out[0] == out[1]
+    if plugin == "sh":
+        assert out[0] == ["thread_model=parallel"]
+
+
+def test_emulated_cache_in_large_pieces(tmp_path):
+    """can_cache=emulate reads the range with pread in nbdkit's pieces:
+    one 128 MiB CACHE runs the script as often under both servers, not
+    once per small block."""
+    log = tmp_path / "log"
+    script = write_script(tmp_path, "c.sh", (
+        '#!/bin/sh\ncase "$1" in get_size) echo 256M ;; '
+        'can_cache) echo emulate ;; '
+        'pread) echo "$3" >> $LOG; '
+        'dd if=/dev/zero count=$3 iflag=count_bytes status=none ;; '
+        '*) exit 2 ;; esac\n'))
+    preads = []
+    for impl in ("nbdsrv", "nbdkit"):
+        log.write_text("")
+        p = subprocess.run([BINARIES[impl], "-U", "-", "sh", script,
+                            "--run", 'nbdsh -u "$uri" -c '
+                            '"h.cache(128 * 1024 * 1024, 0)"'],
+                           capture_output=True, env=dict(RUN_ENV, LOG=str(log)),
+                           timeout=120)
+        assert p.returncode == 0, p.stderr
+        preads.append(log.read_text().split())
+    assert preads[0] == preads[1]
+    assert len(preads[0]) <= 2
