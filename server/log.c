@@ -49,13 +49,14 @@ format_prefix (char *buf, size_t n, bool is_error)
   struct thread_state *ts = thread_state ();
   const char *kind = is_error ? "error: " : "debug: ";
 
+  /* nbdkit's shapes, which scripts grep: "PROG: NAME[N]: debug: " in
+   * a connection, "PROG: debug: " outside one.
+   */
   if (ts->conn)
     snprintf (buf, n, "nbdsrv: %s[%u]: %s",
               ts->name ? ts->name : plugin.p.name, ts->conn->id, kind);
-  else if (ts->name)
-    snprintf (buf, n, "nbdsrv: %s: %s", ts->name, kind);
   else
-    snprintf (buf, n, "nbdsrv: %s", is_error ? "error: " : "debug: ");
+    snprintf (buf, n, "nbdsrv: %s", kind);
 }
 
 void

@@ -282,7 +282,12 @@ parse_option (int c, const char *arg)
   case 'p': cfg.port = arg; parse_uint_opt ("-p", arg, 0, 65535); break;
   case 'r': cfg.readonly = true; break;
   case 's': cfg.single = true; break;
-  case 't': cfg.threads = parse_uint_opt ("-t", arg, 1, 1024); break;
+  case 't':
+    /* nbdkit takes -t 0 as "the default". */
+    cfg.threads = parse_uint_opt ("-t", arg, 0, 1024);
+    if (cfg.threads == 0)
+      cfg.threads = 16;
+    break;
   case 'U': cfg.unixsocket = arg; break;
   case 'u': user = arg; break;
   case 'v': cfg.verbose = true; break;
@@ -380,6 +385,35 @@ configure_plugin (int argc, char **argv)
     if (stack_config (key, argv[i]) == -1)
       exit (EXIT_FAILURE);
   }
+}
+
+/* The pairs nbdkit 1.32 refuses, checked before --dump-plugin is
+ * acted on (nbdkit refuses -s --dump-plugin too); each is named, with
+ * what to do.
+ */
+static void
+check_exclusive_options (void)
+{
+  const struct {
+    bool a, b;
+    const char *names, *fix;
+  } pairs[] = {
+    { cfg.port, cfg.unixsocket, "-p and -U",
+      "listen on a TCP port or on a Unix socket" },
+    { cfg.port, cfg.single, "-p and -s", "serve stdin or listen" },
+    { cfg.unixsocket, cfg.single, "-U and -s", "serve stdin or listen" },
+    { cfg.single, cfg.run, "-s and --run",
+      "--run needs a socket for its command: drop -s" },
+    { cfg.single, dump_plugin, "-s and --dump-plugin",
+      "drop -s to describe the plugin" },
+    { cfg.vsock, cfg.unixsocket, "--vsock and -U",
+      "listen on vsock or on a Unix socket" },
+    { cfg.vsock, cfg.single, "--vsock and -s", "serve stdin or listen" },
+  };
+
+  for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++)
+    if (pairs[i].a && pairs[i].b)
+      die ("%s cannot be used together: %s", pairs[i].names, pairs[i].fix);
 }
 
 static void
@@ -570,6 +604,7 @@ main (int argc, char **argv)
     probe_dump_config ();
     exit (EXIT_SUCCESS);
   }
+  check_exclusive_options ();
   if (optind >= argc) {
     if (help) {
       usage ();

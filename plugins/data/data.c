@@ -60,6 +60,12 @@ struct data_var {
 static struct data_var *vars;   /* owned */
 static size_t nr_vars;
 
+/* -D data.AST=1: show what data= evaluated to, as debug lines. */
+NBDKIT_DLL_PUBLIC int data_debug_AST = 0;
+
+/* The longest string shown for one write in the -D data.AST dump. */
+#define AST_DUMP_MAX 256
+
 /* Index of the first page whose number is >= PAGENO. */
 static size_t
 store_search (uint64_t pageno)
@@ -252,6 +258,44 @@ data_lookup (const char *name, void *opaque)
   return getenv (name);
 }
 
+/* -D data.AST=1 in nbdkit's frame (BEGIN AST ... END AST).  nbdkit
+ * prints the parsed expression; nbdsrv evaluates while it parses, so
+ * it prints what the expression evaluated to: one line per write in
+ * order, "@OFFSET" then a string or fill(0*LENGTH) for a zeroed run.
+ */
+static void
+data_ast_dump (const struct data_format *f)
+{
+  char line[4 * AST_DUMP_MAX + 64];
+  const struct data_write *w;
+  size_t i, j, n, len;
+
+  nbdkit_debug ("BEGIN AST (-D data.AST=1)");
+  nbdkit_debug ("(");
+  for (i = 0; i < f->nr_writes; ++i) {
+    w = &f->writes[i];
+    if (w->kind == DATA_WRITE_ZERO) {
+      nbdkit_debug ("    @%" PRIu64 " fill(0*%" PRIu64 ")", w->offset, w->len);
+      continue;
+    }
+    n = w->len < AST_DUMP_MAX ? w->len : AST_DUMP_MAX;
+    len = 0;
+    for (j = 0; j < n; ++j) {
+      unsigned char c = w->bytes[j];
+
+      if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\')
+        line[len++] = c;
+      else
+        len += sprintf (line + len, "\\x%02x", c);
+    }
+    line[len] = '\0';
+    nbdkit_debug ("    @%" PRIu64 " \"%s\"%s", w->offset, line,
+                  w->len > n ? " ..." : "");
+  }
+  nbdkit_debug (")");
+  nbdkit_debug ("END AST");
+}
+
 /* Apply the writes of a parsed data= string, clipped to the disk. */
 static int
 data_load_format (const struct data_format *f, uint64_t disk_size)
@@ -297,11 +341,24 @@ data_config_complete (void)
       data_format_free (&f);
       return -1;
     }
+    if (data_debug_AST)
+      data_ast_dump (&f);
     if (size == -1)
       size = f.size;
     r = data_load_format (&f, size);
     data_format_free (&f);
     return r;
+  }
+
+  /* Other parameters are only ever $VARIABLES of data=; nbdkit
+   * refuses them beside raw= or base64=, so a typo does not go
+   * unnoticed, and so do we.
+   */
+  if (nr_vars > 0) {
+    nbdkit_error ("extra parameters passed and not using data='...': "
+                  "%s=%s has no meaning beside %s=; drop it",
+                  vars[0].key, vars[0].value, source_key);
+    return -1;
   }
 
   if (strcmp (source_key, "raw") == 0) {

@@ -99,7 +99,8 @@ file_config (const char *key, const char *value)
 {
   if (strcmp (key, "file") == 0)
     return file_config_path (key, value, &filename);
-  if (strcmp (key, "dir") == 0)
+  /* directory= is nbdkit's other spelling of dir=. */
+  if (strcmp (key, "dir") == 0 || strcmp (key, "directory") == 0)
     return file_config_path (key, value, &directory);
   if (strcmp (key, "cache") == 0) {
     if (strcmp (value, "default") == 0)

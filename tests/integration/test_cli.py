@@ -964,3 +964,50 @@ def test_no_mc(tmp_path):
             h.shutdown()
     finally:
         assert stop(proc) == 0
+
+
+# ------------------------------------------- combinations nbdkit refuses
+
+@pytest.mark.parametrize("args", [
+    ["-p", "10999", "-U", "-", "null", "--run", "exit 9"],
+    ["-s", "--dump-plugin", "null"],
+    ["--dump-plugin", "-s", "null"],
+    ["-s", "-U", "SOCK", "null"],
+    ["-s", "-p", "10999", "null"],
+    ["-s", "--run", "exit 9", "null"],
+    ["--vsock", "-U", "SOCK", "null"],
+])
+def test_refused_combinations(impl, tmp_path, args):
+    """Each combination nbdkit refuses is refused with one line on
+    stderr and status 1, before anything runs (the --run command would
+    exit 9)."""
+    args = [str(tmp_path / "s") if a == "SOCK" else a for a in args]
+    rc, out, err = run([BINARIES[impl]] + args)
+    assert rc == 1, (out, err)
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+
+
+def test_threads_zero_is_the_default(impl):
+    """-t 0 is accepted by nbdkit as the default thread count."""
+    out = check_run([BINARIES[impl], "-t", "0", "-U", "-", "memory", "1M",
+                     "--run", 'nbdinfo --size "$uri"'])
+    assert out.strip() == str(MiB)
+
+
+# ---------------------------------------------------------- debug lines
+
+# nbdkit names its worker threads NAME.N; nbdsrv's are NAME[N] too.
+DEBUG_LINE = re.compile(r"^(nbdkit|nbdsrv): ([a-z0-9_-]+(\[\d+\]|\.\d+): )?"
+                        r"(debug|error): ")
+
+
+def test_debug_line_shapes(impl):
+    """-v lines are PROG: debug: outside a connection and
+    PROG: NAME[N]: debug: inside one, as scripts grep for them."""
+    rc, out, err = run([BINARIES[impl], "-v", "-U", "-", "memory", "1M",
+                        "--run", 'nbdinfo --size "$uri"'])
+    assert rc == 0, err
+    lines = err.splitlines()
+    assert [l for l in lines if not DEBUG_LINE.match(l)] == []
+    assert any(re.match(r"^\w+: memory\[1\]: debug: ", l) for l in lines)
+    assert any(re.match(r"^\w+: debug: ", l) for l in lines)

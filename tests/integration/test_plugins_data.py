@@ -464,3 +464,41 @@ def test_sparse_random_writes_like_nbdkit(server):
         assert errno_of(lambda: h.flush()) == 0
         assert errno_of(lambda: h.cache(4096, d_off)) == 0
         assert bytes(h.pread(8192, d_off)) == d
+
+
+@pytest.mark.parametrize("source", ["raw=abc", "base64=YWJj", "raw="])
+def test_extra_parameters_without_data(source):
+    """Parameters other than size= are only ever $VARIABLES of data=;
+    beside raw= or base64= both servers refuse them."""
+    for impl in ("nbdsrv", "nbdkit"):
+        p = subprocess.run([BINARIES[impl], "-U", "-", "data", source,
+                            "a=X", "--run", "exit 9"],
+                           capture_output=True, timeout=60)
+        assert p.returncode == 1, (impl, p.stderr)
+        assert b"extra parameters passed and not using data='...'" \
+            in p.stderr, (impl, p.stderr)
+
+
+def test_debug_ast_dump():
+    """-D data.AST=1 -v frames a dump of the data= expression in
+    nbdkit's BEGIN AST / END AST lines (nbdsrv shows what it evaluated
+    to, see docs/nbdkit-data-plugin.md)."""
+    out = {}
+    for impl in ("nbdsrv", "nbdkit"):
+        p = subprocess.run([BINARIES[impl], "-v", "-D", "data.AST=1", "-U",
+                            "-", "data", "1 2 3 @4 (5)*2 @8 0*4 $a", "a=7",
+                            "--run", "exit 0"], capture_output=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr
+        lines = [l.split("debug: ", 1)[1] for l in
+                 p.stderr.decode().splitlines() if "debug: " in l]
+        start = lines.index("BEGIN AST (-D data.AST=1)")
+        out[impl] = lines[start:lines.index("END AST", start) + 1]
+    assert out["nbdsrv"] == ["BEGIN AST (-D data.AST=1)", "(",
+                             '    @0 "\\x01\\x02\\x03"',
+                             '    @4 "\\x05\\x05"',
+                             "    @8 fill(0*4)",
+                             '    @12 "\\x07"',
+                             ")", "END AST"]
+    assert out["nbdkit"][:2] == out["nbdsrv"][:2]
+    assert out["nbdkit"][-2:] == out["nbdsrv"][-2:]

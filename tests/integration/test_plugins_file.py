@@ -374,6 +374,18 @@ def test_file_dir_exports(server, tmp_path):
                 connect(s, bad.replace("/", "%2F"))
 
 
+def test_file_directory_alias(server, tmp_path):
+    """directory= is nbdkit's other spelling of dir=."""
+    dirs = twin_dirs(str(tmp_path))
+    for d in dirs:
+        make_export_dir(d)
+    ours, theirs = start_pair(server, "file", lambda d: ["directory=" + d],
+                              dirs)
+    listing = nbdinfo("--list", ours.uri)
+    assert listing == nbdinfo("--list", theirs.uri)
+    assert sum(l.startswith("export=") for l in listing) == 4
+
+
 def test_file_dump_plugin():
     assert dump_plugin("nbdsrv", "file") == dump_plugin("nbdkit", "file")
 
