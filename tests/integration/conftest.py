@@ -17,6 +17,67 @@ PLUGINDIR = os.path.join(BUILD, "plugins")
 FILTERDIR = os.path.join(BUILD, "filters")
 BINARIES = {"nbdsrv": NBDSRV, "nbdkit": NBDKIT}
 
+# Under `make check VALGRIND=1` every nbdsrv the tests start by
+# BINARIES["nbdsrv"] runs under valgrind's memcheck, through a wrapper
+# that logs each process's errors to a file of its own; a test fails if
+# a log is not empty once it is over.  Leaks are left to the ASan build
+# (LeakSanitizer): here we look for what ASan cannot see, reads of
+# uninitialised memory.
+VALGRIND_DIR = (os.path.join(BUILD, "valgrind")
+                if os.environ.get("NBDSRV_VALGRIND") else None)
+# Valgrind makes start-up slower; hang protection only.
+START_TIMEOUT = 60 if VALGRIND_DIR else 10
+
+
+def _valgrind_wrapper():
+    """Write the wrapper and an empty log directory; return its path."""
+    logs = os.path.join(VALGRIND_DIR, "logs")
+    os.makedirs(logs, exist_ok=True)
+    for f in os.listdir(logs):
+        os.unlink(os.path.join(logs, f))
+    wrapper = os.path.join(VALGRIND_DIR, "nbdsrv")
+    with open(wrapper, "w") as f:
+        f.write("#!/bin/sh\n"
+                "exec valgrind -q --vgdb=no --leak-check=no --error-limit=no "
+                "--log-file=%s/vg.%%p %s \"$@\"\n" % (logs, NBDSRV))
+    os.chmod(wrapper, 0o755)
+    return wrapper
+
+
+if VALGRIND_DIR:
+    BINARIES["nbdsrv"] = _valgrind_wrapper()
+
+
+def _pid_alive(pid):
+    """PID runs and is not a zombie waiting to be reaped."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def valgrind_reports():
+    """The non-empty valgrind logs written since the last call (each is
+    removed once read)."""
+    if not VALGRIND_DIR:
+        return []
+    logs = os.path.join(VALGRIND_DIR, "logs")
+    reports = []
+    for f in sorted(os.listdir(logs)):
+        path = os.path.join(logs, f)
+        # A live process still writes to its log: read it once it ends.
+        if os.path.exists("/proc/%s" % f.split(".")[-1]) and \
+                _pid_alive(int(f.split(".")[-1])):
+            continue
+        with open(path, errors="replace") as fp:
+            text = fp.read()
+        os.unlink(path)
+        if text.strip():
+            reports.append(text[:6000])
+    return reports
+
 # Under `make check SANITIZE=1` the server is built with ASan and UBSan:
 # make UBSan stop at the first error, and LeakSanitizer report at exit
 # (the SIGTERM path returns from main, so leaks show there).  A report
@@ -128,7 +189,8 @@ class Server:
         return None
 
 
-def start_server(impl, args, sock, env=None, timeout=10, binary=None):
+def start_server(impl, args, sock, env=None, timeout=START_TIMEOUT,
+                 binary=None):
     """Start IMPL in the foreground on SOCK and wait until it listens.
     BINARY replaces IMPL's usual binary (an installed nbdsrv)."""
     if impl == "nbdkit" and sanitizer_runtimes() and any(
@@ -183,6 +245,7 @@ def check_sanitizers(only_exited=True):
         if report:
             reports.append("%s %s:\n%s" % (s.impl, " ".join(s.args),
                                            report))
+    reports += ["valgrind:\n" + r for r in valgrind_reports()]
     if reports:
         pytest.fail("sanitizer report on the server's stderr:\n"
                     + "\n\n".join(reports), pytrace=False)
