@@ -76,6 +76,7 @@ fuzz: test-deps
 
 bench: test-deps all
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
+	$(PYTHON) bench/holes.py
 
 # Point the build at PREFIX/LIBDIR before building, so the directories
 # compiled into nbdsrv are the ones it is installed to; `ninja
