@@ -50,9 +50,9 @@ STOP_TIMEOUT = 5.0          # ... and exit this long after SIGTERM
 # Quick mode: one round, short runs.  Full mode: three rounds, medians.
 MODES = {
     "quick": {"repeats": 1, "runtime": 0.6, "connect": 0.6,
-              "limit": 0.3, "budget": 115},
+              "limit": 0.3, "budget": 135},
     "full": {"repeats": 3, "runtime": 1.5, "connect": 1.5,
-             "limit": 0.5, "budget": 590},
+             "limit": 0.5, "budget": 650},
 }
 
 
@@ -251,6 +251,8 @@ class Listen:
     def uri(self, transport, export=""):
         if transport == "unix":
             return f"nbd+unix:///{export}?socket={self.path}"
+        if transport == "tls":
+            return f"nbds://127.0.0.1:{self.port}/{export}"
         return f"nbd://127.0.0.1:{self.port}/{export}"
 
     def qemu_args(self):
@@ -290,16 +292,19 @@ class ServerSpec:
     """
 
     def __init__(self, key, short, backing, ref, build, listen,
-                 forks=False, export="", cases=None):
+                 forks=False, export="", cases=None, tls=False):
         self.key, self.short, self.backing = key, short, backing
         self.ref, self.build, self.listen = ref, build, listen
         self.forks, self.export = forks, export
         self.cases = cases              # case keys, or None for all
+        self.tls = tls                  # also serves TLS on the TCP socket
         self.unavailable = None         # reason, when it cannot run
 
     def instances(self):
         if self.listen == "separate":
             return [("unix",), ("tcp",)]
+        if self.tls:
+            return [("unix", "tcp", "tls")]
         return [("unix", "tcp")]
 
 
@@ -360,6 +365,84 @@ def stack_specs(ctx, mem):
     return specs
 
 
+# TLS (X.509, TCP loopback): nbdsrv and Debian's nbdkit with the same
+# certificates and command line.  --tls=on, so the plain readiness probe
+# and the memory fill still work; fio's cases ask for TLS (nbds://).
+TLS_CASES = ("4k-randread-qd32-tls", "1m-read-qd8-tls", "1m-write-qd8-tls")
+
+
+def tls_specs(ctx, mem):
+    args = lambda c: ["--tls=on", "--tls-certificates=" + c.tls.server_dir,
+                      *mem(c)]
+    return [
+        ServerSpec("nbdsrv-tls", "srv-tls", "memory", None,
+                   nbdkit_like(ctx.nbdsrv, args), "activation",
+                   cases=TLS_CASES, tls=True),
+        ServerSpec("nbdkit-tls", "kit-tls", "memory", "nbdsrv-tls",
+                   nbdkit_like("nbdkit", args), "activation",
+                   cases=TLS_CASES, tls=True),
+    ]
+
+
+class TlsClient:
+    """Certificates for the TLS cases, made with certtool, and how to run
+    fio so that libnbd trusts them.  fio's nbd engine cannot pass a
+    certificate directory (URIs may not name local files), so fio runs
+    with HOME pointing at a directory holding .pki/libnbd/ca-cert.pem;
+    libnbd reads that only for non-root users, so as root fio runs as
+    nobody (setpriv), writing its report to a directory nobody may use.
+    """
+
+    def __init__(self, tmpdir):
+        d = os.path.join(tmpdir, "tls")
+        self.server_dir = os.path.join(d, "server")
+        self.home = os.path.join(d, "home")
+        pki = os.path.join(self.home, ".pki", "libnbd")
+        self.outdir = os.path.join(d, "out")
+        for path in (self.server_dir, pki, self.outdir):
+            os.makedirs(path)
+        self.certtool(d, "--generate-privkey", "--key-type=ecdsa",
+                      "--outfile", "ca-key.pem")
+        self.certtool(d, "--generate-self-signed", "--load-privkey",
+                      "ca-key.pem", "--outfile", "ca-cert.pem",
+                      template="cn = nbdsrv bench CA\nca\ncert_signing_key\n")
+        self.certtool(d, "--generate-privkey", "--key-type=ecdsa",
+                      "--outfile", "server/server-key.pem")
+        self.certtool(d, "--generate-certificate",
+                      "--load-ca-certificate", "ca-cert.pem",
+                      "--load-ca-privkey", "ca-key.pem",
+                      "--load-privkey", "server/server-key.pem",
+                      "--outfile", "server/server-cert.pem",
+                      template="cn = localhost\nip_address = 127.0.0.1\n"
+                               "tls_www_server\nencryption_key\n"
+                               "signing_key\n")
+        for dst in (self.server_dir, pki):
+            shutil.copy(os.path.join(d, "ca-cert.pem"), dst)
+        self.env = dict(os.environ, HOME=self.home)
+        self.prefix = []
+        if os.geteuid() == 0:
+            self.prefix = ["setpriv", "--reuid=65534", "--regid=65534",
+                           "--clear-groups"]
+            for path in (tmpdir, d, self.home,
+                         os.path.join(self.home, ".pki"), pki):
+                os.chmod(path, 0o711)
+            os.chmod(os.path.join(pki, "ca-cert.pem"), 0o644)
+            os.chmod(self.outdir, 0o777)
+
+    @staticmethod
+    def certtool(cwd, *args, template=None):
+        argv = ["certtool", *args]
+        if template is not None:
+            path = os.path.join(cwd, "template.info")
+            with open(path, "w") as f:
+                f.write(template)
+            argv += ["--template", path]
+        r = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError("certtool: " + r.stderr.strip()[-300:])
+
+
 def make_specs(ctx):
     mem = lambda c: ["memory", f"size={DISK_SIZE}"]
     nbdsrv_file = lambda c: [c.nbdsrv_file_plugin, "file=" + c.image]
@@ -379,7 +462,7 @@ def make_specs(ctx):
                    qemu_nbd("io_uring"), "separate"),
         ServerSpec("nbd-server", "nbd-srv", "file", "nbdsrv-file",
                    nbd_server, "dual", forks=True, export="disk"),
-    ] + stack_specs(ctx, mem)
+    ] + stack_specs(ctx, mem) + tls_specs(ctx, mem)
 
 
 def check_available(spec):
@@ -390,6 +473,8 @@ def check_available(spec):
                        ("nbd-server", ("nbd-server",))):
         if spec.key in keys and shutil.which(tool) is None:
             return f"{tool} is not installed"
+    if spec.tls and shutil.which("certtool") is None:
+        return "certtool is not installed (gnutls-bin)"
     if spec.key == "qemu-nbd-io_uring":
         out = run_text(["qemu-nbd", "--help"])
         if "io_uring" not in out:
@@ -438,8 +523,9 @@ class ServerInstance:
         try:
             self.pid = self.proc.pid if pidfile is None else \
                 self.daemon_pid(pidfile)
-            for uri in self.uris.values():
-                self.wait_ready(uri)
+            for t, uri in self.uris.items():
+                if t != "tls":          # the plain TCP probe covers it
+                    self.wait_ready(uri)
             if spec.forks:
                 self.sampler = RssSampler(self.pid)
         except BaseException:
@@ -550,6 +636,12 @@ CASES = [
              "read", "1M", 8, 1),
     fio_case("1m-write-qd8-tcp", "1M seq write QD8 TCP", "tcp",
              "write", "1M", 8, 1),
+    fio_case("4k-randread-qd32-tls", "4k randread QD32 TLS", "tls",
+             "randread", "4k", 16, 2),
+    fio_case("1m-read-qd8-tls", "1M seq read QD8 TLS", "tls",
+             "read", "1M", 8, 1),
+    fio_case("1m-write-qd8-tls", "1M seq write QD8 TLS", "tls",
+             "write", "1M", 8, 1),
 ]
 
 # Which machine limit bounds a case: (limit key, how to compare).
@@ -563,10 +655,11 @@ CASE_LIMITS = {
 }
 
 
-def run_fio(ctx, uri, name, opts, runtime=None, size=None):
-    """One fio run: its rates, latency and the requests completed."""
-    out = os.path.join(ctx.tmpdir, "fio.json")
-    argv = ["fio", "--name=" + name, "--ioengine=nbd", "--uri=" + uri,
+def run_fio(ctx, uri, name, opts, runtime=None, size=None, tls=None):
+    """One fio run: its rates, latency and the requests completed.  TLS:
+    a TlsClient, for an nbds:// URI."""
+    out = os.path.join(tls.outdir if tls else ctx.tmpdir, "fio.json")
+    argv = (tls.prefix if tls else []) + ["fio", "--name=" + name, "--ioengine=nbd", "--uri=" + uri,
             "--rw=" + opts["rw"], "--bs=" + opts["bs"],
             f"--iodepth={opts['iodepth']}", f"--numjobs={opts['numjobs']}",
             "--group_reporting", "--norandommap", "--randrepeat=0",
@@ -580,7 +673,8 @@ def run_fio(ctx, uri, name, opts, runtime=None, size=None):
     if os.path.exists(out):
         os.unlink(out)
     r = subprocess.run(argv, stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True, timeout=limit)
+                       capture_output=True, text=True, timeout=limit,
+                       env=tls.env if tls else None)
     try:
         with open(out) as f:
             job = json.load(f)["jobs"][0]
@@ -642,7 +736,8 @@ def measure(ctx, inst, case):
     uri = inst.uris[case.transport]
     before = inst.ticks()
     if case.kind == "fio":
-        res = run_fio(ctx, uri, case.key, case.fio, runtime=ctx.runtime)
+        res = run_fio(ctx, uri, case.key, case.fio, runtime=ctx.runtime,
+                      tls=ctx.tls if case.transport == "tls" else None)
     elif case.kind == "nbdcopy":
         res = run_nbdcopy(ctx, uri)
     else:
@@ -983,6 +1078,15 @@ def evaluate_targets(summary):
                           get(f"nbdkit-{name}", case))
             target(f"vs nbdkit {case} {name} stack / bare",
                    ratio(stack, bare), 1.0)
+    # TLS (issue 9): with the same certificates, server CPU per request
+    # at most 0.7x nbdkit's and throughput at least 1.2x.
+    for case in TLS_CASES:
+        target(f"CPU/req {case} nbdsrv-tls/nbdkit-tls",
+               ratio(get("nbdsrv-tls", case, "cpu_us_per_req"),
+                     get("nbdkit-tls", case, "cpu_us_per_req")), 0.7, True)
+        target(f"{'IOPS' if '4k' in case else 'MiB/s'} {case} "
+               "nbdsrv-tls/nbdkit-tls",
+               ratio(get("nbdsrv-tls", case), get("nbdkit-tls", case)), 1.2)
     peak = summary.get("nbdsrv-memory", {}).get("peak_rss_mib")
     # "within 10% of bytes written + a few MiB": 1.10 x 1024 + 16 MiB.
     allowed = 1.10 * DISK_SIZE / MiB + 16
@@ -1054,7 +1158,8 @@ def parse_args(argv):
                         "nbdsrv-file, nbdkit-file, qemu-nbd-threads, "
                         "qemu-nbd-io_uring, nbd-server, and the filter "
                         "stacks nbdsrv-3pass, nbdkit-3pass, "
-                        "nbdsrv-cow-cache, nbdkit-cow-cache)")
+                        "nbdsrv-cow-cache, nbdkit-cow-cache, and over "
+                        "TLS nbdsrv-tls, nbdkit-tls)")
     p.add_argument("--cases", metavar="KEY,...",
                    help="only these cases (" +
                         ", ".join(c.key for c in CASES) + ")")
@@ -1127,6 +1232,9 @@ def main(argv):
     info = machine_info(ctx)
     try:
         ctx.limits_exe = build_limits(ctx.tmpdir)
+        ctx.tls = None
+        if any(s.tls and not s.unavailable for s in ctx.specs):
+            ctx.tls = TlsClient(ctx.tmpdir)
         log(ctx, f"mode {ctx.mode}: {ctx.repeats} round(s), "
                  f"{ctx.runtime}s per run; nbdsrv {ctx.nbdsrv}; "
                  f"file plugin {ctx.nbdsrv_file_plugin}")

@@ -297,17 +297,39 @@ wait_readable (struct connection *conn)
  * client may be waiting for them before it sends more.
  */
 static ssize_t
+conn_fill_tls (struct connection *conn, const struct iovec *iov, int iovcnt)
+{
+  ssize_t r;
+
+  /* One TLS read brings what has arrived, not more: while requests are
+   * already here the batched replies wait, and leave once the next read
+   * would block, as a plain readv takes all the pipelined requests at
+   * once.
+   */
+  if (conn->olen) {
+    r = tls_readv (conn->tls, iov, iovcnt, true);
+    if (r != -1 || errno != EAGAIN)
+      return r;
+    if (reply_flush (conn) == -1)
+      return -1;
+  }
+  if ((conn->deadline_ms || !conn->is_socket) &&
+      !tls_pending (conn->tls) && wait_readable (conn) == -1)
+    return -1;
+  return tls_readv (conn->tls, iov, iovcnt, false);
+}
+
+static ssize_t
 conn_fill_iov (struct connection *conn, const struct iovec *iov, int iovcnt)
 {
   ssize_t r;
 
+  if (conn->tls)
+    return conn_fill_tls (conn, iov, iovcnt);
   if (conn->olen && reply_flush (conn) == -1)
     return -1;
-  if ((conn->deadline_ms || !conn->is_socket) &&
-      !(conn->tls && tls_pending (conn->tls)) && wait_readable (conn) == -1)
+  if ((conn->deadline_ms || !conn->is_socket) && wait_readable (conn) == -1)
     return -1;
-  if (conn->tls)
-    return tls_readv (conn->tls, iov, iovcnt);
   do
     r = readv (conn->fd_in, iov, MIN (iovcnt, IOV_MAX));
   while (r == -1 && errno == EINTR);

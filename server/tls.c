@@ -7,6 +7,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,15 +27,28 @@
  */
 #define TLS_RECORD_MAX 16384
 
+/* Bytes read from the socket at once.  GnuTLS reads a record's 5-byte
+ * header and then its body, two reads a record; through this buffer one
+ * read brings in many small records (pipelined requests) or four full
+ * ones, at the cost of one copy.
+ */
+#define TLS_RX_SIZE (64 * 1024)
+
 /* Key exchanges added to the priority for PSK, as QEMU and nbdkit do. */
 #define TLS_PSK_KX ":+ECDHE-PSK:+DHE-PSK:+PSK"
 
 struct tls_session {
   gnutls_session_t s;
+  int fd_in;
   bool refused_logged;          /* the refusal was logged (PSK lookup) */
   const char *psk_user;         /* borrowed (psk_users): known user */
   size_t record_max;            /* payload bytes per record we send */
-  char stage[TLS_RECORD_MAX];   /* small pieces gather here (writer) */
+  /* Reader side (one reader at a time). */
+  bool nonblock;                /* pull fails with EAGAIN, never waits */
+  size_t rx_pos, rx_len;        /* unread bytes: rx[rx_pos..rx_len) */
+  char rx[TLS_RX_SIZE];
+  /* Writer side (one writer at a time). */
+  char stage[TLS_RECORD_MAX];   /* small pieces gather here */
 };
 
 /* One user of the --tls-psk file, loaded at start-up. */
@@ -471,6 +485,52 @@ refusal_log (struct tls_session *t, int r)
                 gnutls_strerror (r));
 }
 
+static bool
+fd_readable_now (int fd)
+{
+  struct pollfd p = { .fd = fd, .events = POLLIN };
+
+  return poll (&p, 1, 0) > 0;
+}
+
+/* GnuTLS's read: from rx, refilled by one read(2) when empty. */
+static ssize_t
+pull (gnutls_transport_ptr_t ptr, void *buf, size_t n)
+{
+  struct tls_session *t = ptr;
+  ssize_t r;
+
+  if (t->rx_pos == t->rx_len) {
+    if (t->nonblock && !fd_readable_now (t->fd_in)) {
+      errno = EAGAIN;
+      return -1;
+    }
+    do
+      r = read (t->fd_in, t->rx, sizeof t->rx);
+    while (r == -1 && errno == EINTR);
+    if (r <= 0)
+      return r;
+    t->rx_pos = 0;
+    t->rx_len = r;
+  }
+  r = MIN (n, t->rx_len - t->rx_pos);
+  memcpy (buf, t->rx + t->rx_pos, r);
+  t->rx_pos += r;
+  return r;
+}
+
+/* For the handshake's time limit: wait up to MS for input. */
+static int
+pull_timeout (gnutls_transport_ptr_t ptr, unsigned ms)
+{
+  struct tls_session *t = ptr;
+  struct pollfd p = { .fd = t->fd_in, .events = POLLIN };
+
+  if (t->rx_pos < t->rx_len)
+    return 1;
+  return poll (&p, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int) ms);
+}
+
 static int
 session_setup (struct tls_session *t, int fd_in, int fd_out)
 {
@@ -496,7 +556,12 @@ session_setup (struct tls_session *t, int fd_in, int fd_out)
     server_error ("TLS: cannot set up a session: %s", gnutls_strerror (r));
     return -1;
   }
-  gnutls_transport_set_int2 (t->s, fd_in, fd_out);
+  /* We read through rx (pull); GnuTLS writes to the descriptor. */
+  t->fd_in = fd_in;
+  gnutls_transport_set_ptr2 (t->s, t,
+                             (gnutls_transport_ptr_t) (intptr_t) fd_out);
+  gnutls_transport_set_pull_function (t->s, pull);
+  gnutls_transport_set_pull_timeout_function (t->s, pull_timeout);
   return 0;
 }
 
@@ -554,7 +619,7 @@ tls_session_free (struct tls_session *t, bool orderly)
 bool
 tls_pending (struct tls_session *t)
 {
-  return gnutls_record_check_pending (t->s) > 0;
+  return t->rx_pos < t->rx_len || gnutls_record_check_pending (t->s) > 0;
 }
 
 /* A GnuTLS record error R as errno, for the caller's usual paths. */
@@ -579,9 +644,13 @@ record_recv (struct tls_session *t, void *buf, size_t n)
 
   do
     r = gnutls_record_recv (t->s, buf, n);
-  while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
+  while (r == GNUTLS_E_INTERRUPTED || (r == GNUTLS_E_AGAIN && !t->nonblock));
   if (r >= 0)
     return r;
+  if (r == GNUTLS_E_AGAIN) {
+    errno = EAGAIN;
+    return -1;
+  }
   /* A client that closes without close_notify between requests is how
    * most of them leave: the same as end of stream.
    */
@@ -592,27 +661,33 @@ record_recv (struct tls_session *t, void *buf, size_t n)
   return -1;
 }
 
+/* Fill IOV with what has arrived; only the first record may be waited
+ * for (not even that with NONBLOCK), so a caller holding batched
+ * replies learns when the next read would block.
+ */
 ssize_t
-tls_readv (struct tls_session *t, const struct iovec *iov, int iovcnt)
+tls_readv (struct tls_session *t, const struct iovec *iov, int iovcnt,
+           bool nonblock)
 {
   ssize_t total = 0;
 
-  /* The first piece may block; later ones take only what is already
-   * decrypted, so a caller never waits for more than one record.
-   */
+  t->nonblock = nonblock;
   for (int i = 0; i < iovcnt; i++) {
-    ssize_t r;
+    char *p = iov[i].iov_base;
+    size_t left = iov[i].iov_len;
 
-    if (iov[i].iov_len == 0)
-      continue;
-    if (total > 0 && !tls_pending (t))
-      break;
-    r = record_recv (t, iov[i].iov_base, iov[i].iov_len);
-    if (r <= 0)
-      return total > 0 ? total : r;
-    total += r;
-    if ((size_t) r < iov[i].iov_len)
-      break;
+    while (left > 0) {
+      ssize_t r = record_recv (t, p, left);
+
+      if (r == -1 && errno == EAGAIN && total > 0)
+        return total;
+      if (r <= 0)
+        return total > 0 ? total : r;
+      total += r;
+      p += r;
+      left -= r;
+      t->nonblock = true;
+    }
   }
   return total;
 }

@@ -42,14 +42,15 @@ struct tls_session *tls_session_new (int fd_in, int fd_out,
 /* ORDERLY: say goodbye (close_notify) before freeing. */
 void tls_session_free (struct tls_session *t, bool orderly);
 
-/* Decrypted bytes already buffered, so poll() on the socket would lie. */
+/* Input already read from the socket, so poll() on it would lie. */
 bool tls_pending (struct tls_session *t);
 
-/* Like readv (one record at most): bytes read, 0 at end of stream, -1
- * with errno.  One reader at a time.
+/* Like readv: bytes read, 0 at end of stream, -1 with errno.  Waits
+ * for the first record only, and with NONBLOCK not even for that
+ * (EAGAIN).  One reader at a time.
  */
 ssize_t tls_readv (struct tls_session *t, const struct iovec *iov,
-                   int iovcnt);
+                   int iovcnt, bool nonblock);
 
 /* Send the whole iovec, coalesced into full records.  One writer at a
  * time (it may run alongside the reader).  Returns 0 or -1 with errno.
