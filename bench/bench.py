@@ -352,6 +352,17 @@ STACKS = {
 STACK_CASES = ("4k-randread-qd32", "4k-randwrite-qd32", "1m-write-qd8")
 
 
+def metrics_spec(ctx, mem):
+    """nbdsrv with --metrics on (a Unix socket nobody scrapes during
+    the run): what counting costs per request."""
+    args = lambda c: ["--metrics=unix:" + os.path.join(c.tmpdir,
+                                                       "metrics.sock")] \
+        + mem(c)
+    return ServerSpec("nbdsrv-metrics", "srv-metr", "memory",
+                      "nbdsrv-memory", nbdkit_like(ctx.nbdsrv, args),
+                      "activation", cases=STACK_CASES)
+
+
 def stack_specs(ctx, mem):
     specs = []
     for name, filters in STACKS.items():
@@ -462,7 +473,8 @@ def make_specs(ctx):
                    qemu_nbd("io_uring"), "separate"),
         ServerSpec("nbd-server", "nbd-srv", "file", "nbdsrv-file",
                    nbd_server, "dual", forks=True, export="disk"),
-    ] + stack_specs(ctx, mem) + tls_specs(ctx, mem)
+    ] + stack_specs(ctx, mem) + tls_specs(ctx, mem) + [
+        metrics_spec(ctx, mem)]
 
 
 def check_available(spec):
@@ -1087,6 +1099,12 @@ def evaluate_targets(summary):
         target(f"{'IOPS' if '4k' in case else 'MiB/s'} {case} "
                "nbdsrv-tls/nbdkit-tls",
                ratio(get("nbdsrv-tls", case), get("nbdkit-tls", case)), 1.2)
+    # --metrics: server CPU per 4k request within 5% of it off.
+    for case in ("4k-randread-qd32", "4k-randwrite-qd32"):
+        target(f"CPU/req {case} nbdsrv-metrics/nbdsrv-memory",
+               ratio(get("nbdsrv-metrics", case, "cpu_us_per_req"),
+                     get("nbdsrv-memory", case, "cpu_us_per_req")),
+               1.05, True)
     peak = summary.get("nbdsrv-memory", {}).get("peak_rss_mib")
     # "within 10% of bytes written + a few MiB": 1.10 x 1024 + 16 MiB.
     allowed = 1.10 * DISK_SIZE / MiB + 16
@@ -1158,8 +1176,9 @@ def parse_args(argv):
                         "nbdsrv-file, nbdkit-file, qemu-nbd-threads, "
                         "qemu-nbd-io_uring, nbd-server, and the filter "
                         "stacks nbdsrv-3pass, nbdkit-3pass, "
-                        "nbdsrv-cow-cache, nbdkit-cow-cache, and over "
-                        "TLS nbdsrv-tls, nbdkit-tls)")
+                        "nbdsrv-cow-cache, nbdkit-cow-cache, over "
+                        "TLS nbdsrv-tls, nbdkit-tls, and with --metrics "
+                        "nbdsrv-metrics)")
     p.add_argument("--cases", metavar="KEY,...",
                    help="only these cases (" +
                         ", ".join(c.key for c in CASES) + ")")

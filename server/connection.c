@@ -24,6 +24,7 @@
 #include "minmax.h"
 #include "reply.h"
 #include "tls.h"
+#include "metrics.h"
 
 /* Live connections, for shutdown and for waiting at exit. */
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -101,6 +102,7 @@ conn_new (int fd_in, int fd_out, const struct sockaddr_storage *peer,
     pthread_mutex_unlock (&conns_lock);
     server_error ("%u clients are connected, the --max-connections "
                   "limit: refusing another", nconns);
+    metrics_connection_refused ();
     free (conn->rbuf);
     free (conn->obuf);
     free (conn);
@@ -111,6 +113,8 @@ conn_new (int fd_in, int fd_out, const struct sockaddr_storage *peer,
   conns = conn;
   nconns++;
   pthread_mutex_unlock (&conns_lock);
+  conn->hs_fail = -1;
+  metrics_connection_open ();
   return conn;
 }
 
@@ -152,6 +156,7 @@ conn_free (struct connection *conn)
   nconns--;
   pthread_cond_broadcast (&conns_cond);
   pthread_mutex_unlock (&conns_lock);
+  metrics_connection_close ();
   free (conn);
   if (cfg.single)               /* -s: the server's one client is gone */
     quit_set ();
@@ -240,10 +245,24 @@ conn_serve (struct connection *conn)
     pthread_mutex_lock (&connection_lock);
   thread_state ()->conn = conn;
   conn->nworkers = 1;
-  if (atomic_load (&conn->status) == CONN_DEAD ||
-      stack_preconnect (cfg.readonly) == -1 ||
-      handshake (conn) == -1)
+  if (atomic_load (&conn->status) == CONN_DEAD)
+    ;
+  else if (stack_preconnect (cfg.readonly) == -1) {
     conn_set_status (conn, CONN_DEAD);
+    metrics_handshake_failed (MH_PRECONNECT);
+  }
+  else if (handshake (conn) == -1) {
+    /* A reason the handshake gave, else how the last read ended. */
+    int why = conn->hs_fail;
+
+    if (why == -1)
+      why = errno == ETIMEDOUT ? MH_TIMEOUT : errno == 0 ? MH_EOF
+        : MH_OTHER;
+    conn_set_status (conn, CONN_DEAD);
+    metrics_handshake_failed (why);
+  }
+  else if (metrics_on)
+    conn->metrics_export = metrics_export_slot (conn->exp.name);
   conn->deadline_ms = 0;
   if (serialize) {
     /* With one connection at a time there is one worker: this one. */

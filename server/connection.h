@@ -75,6 +75,9 @@ struct connection {
   unsigned big_inflight;        /* guarded by big_lock */
 
   struct intern_set *interned;  /* nbdkit_*_intern strings */
+  int hs_fail;                  /* enum metrics_hs, or -1: why the
+                                   handshake failed */
+  unsigned metrics_export;      /* the export's slot in metrics.c */
   struct connection *next;      /* list of live connections */
 };
 

@@ -17,6 +17,7 @@
 
 #include "internal.h"
 #include "connection.h"
+#include "metrics.h"
 #include "protocol.h"
 
 /* H-6: options a client may send before GO/EXPORT_NAME. */
@@ -172,10 +173,12 @@ opt_export_name (struct connection *conn, const char *data, uint32_t len)
 
   if (!string_ok (data, len)) {
     server_error ("client sent an invalid export name: disconnecting");
+    conn->hs_fail = MH_EXPORT;
     return -1;
   }
   name = strndup (data, len);
   if (name == NULL || export_open (conn, name) == -1) {
+    conn->hs_fail = MH_EXPORT;
     server_error ("cannot open export '%s': disconnecting",
                   name ? name : "");
     free (name);
@@ -470,12 +473,14 @@ option_dispatch (struct connection *conn, uint32_t option,
   switch (option) {
   case NBD_OPT_EXPORT_NAME:
     if (conn->extended) {                                     /* X-3 */
+      conn->hs_fail = MH_BAD_OPTION;
       server_error ("client sent NBD_OPT_EXPORT_NAME after extended "
                     "headers, which need NBD_OPT_GO: disconnecting");
       return -1;
     }
     return opt_export_name (conn, data, len);
   case NBD_OPT_ABORT:
+    conn->hs_fail = MH_ABORT;
     send_ack (conn, option);
     conn_set_status (conn, CONN_CLIENT_DONE);
     return -1;
@@ -564,6 +569,7 @@ option_tls (struct connection *conn, uint32_t option, uint32_t len)
   case TLS_VERDICT_START:
     return opt_starttls (conn);
   case TLS_VERDICT_DISCONNECT:
+    conn->hs_fail = MH_TLS;
     server_error ("%s: disconnecting", why);
     return -1;
   case TLS_VERDICT_REPLY:
@@ -642,6 +648,7 @@ handshake (struct connection *conn)
     return -1;
   cflags = be32toh (cflags);
   if (cflags & ~(uint32_t) gflags) {                          /* H-2 */
+    conn->hs_fail = MH_BAD_FLAGS;
     server_error ("client flags %#" PRIx32 " include flags the server "
                   "did not offer (%#x): disconnecting", cflags, gflags);
     return -1;
@@ -653,6 +660,7 @@ handshake (struct connection *conn)
     int r;
 
     if (used >= budget) {                                     /* H-6 */
+      conn->hs_fail = MH_TOO_MANY_OPTIONS;
       server_error ("client spent too much time negotiating without "
                     "selecting an export: disconnecting");
       return -1;
@@ -660,6 +668,7 @@ handshake (struct connection *conn)
     if (conn_read (conn, &opt, sizeof opt) == -1)
       return -1;
     if (be64toh (opt.magic) != NBD_NEW_VERSION) {             /* H-4 */
+      conn->hs_fail = MH_BAD_OPTION;
       server_error ("client sent an option with a bad magic number: "
                     "disconnecting");
       return -1;
@@ -667,6 +676,7 @@ handshake (struct connection *conn)
     opt.option = be32toh (opt.option);
     opt.length = be32toh (opt.length);
     if (opt.length > NBD_MAX_REQUEST_SIZE) {                  /* H-5 */
+      conn->hs_fail = MH_BAD_OPTION;
       server_error ("client sent an option of %" PRIu32 " bytes, more "
                     "than the limit of %d: disconnecting",
                     opt.length, NBD_MAX_REQUEST_SIZE);
@@ -678,6 +688,7 @@ handshake (struct connection *conn)
                      cflags & NBD_FLAG_C_FIXED_NEWSTYLE, &budget);
     if (r == 1 && tls_mode () == TLS_MODE_REQUIRE && conn->tls == NULL) {
       /* H-11: unreachable through option_tls; kept as a last guard. */
+      conn->hs_fail = MH_TLS;
       server_error ("client reached transmission without TLS under "
                     "--tls=require: disconnecting");
       return -1;

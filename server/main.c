@@ -26,6 +26,7 @@
 #include "connection.h"
 #include "socket.h"
 #include "run.h"
+#include "metrics.h"
 #include "tls.h"
 
 struct server_config cfg = {
@@ -52,6 +53,8 @@ static struct debug_flag *debug_flags;
 static const char **filter_names;
 static size_t nfilter_names;
 
+static const char *metrics_where;       /* --metrics, or NULL */
+
 enum {
   OPT_DUMP_CONFIG = 256, OPT_DUMP_PLUGIN, OPT_EXIT_WITH_PARENT, OPT_FILTER,
   OPT_HELP, OPT_KEEPALIVE, OPT_LOG, OPT_MASK_HANDSHAKE, OPT_MAX_CONNECTIONS,
@@ -59,6 +62,7 @@ enum {
   OPT_NO_SR, OPT_PRINT_URI, OPT_RUN, OPT_SELINUX_LABEL, OPT_SWAP,
   OPT_TIMEOUT, OPT_TLS, OPT_TLS_CERTIFICATES, OPT_TLS_PRIORITY, OPT_TLS_PSK,
   OPT_TLS_VERIFY_PEER, OPT_VSOCK, OPT_SHORT_OPTIONS, OPT_LONG_OPTIONS,
+  OPT_METRICS,
 };
 
 static const char short_opts[] = ":46D:e:fg:i:noP:p:rst:U:u:vV";
@@ -84,6 +88,7 @@ static const struct option long_opts[] = {
   { "long-options", no_argument, NULL, OPT_LONG_OPTIONS },
   { "mask-handshake", required_argument, NULL, OPT_MASK_HANDSHAKE },
   { "max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS },
+  { "metrics", required_argument, NULL, OPT_METRICS },
   { "new-style", no_argument, NULL, 'n' },
   { "newstyle", no_argument, NULL, 'n' },
   { "no-mc", no_argument, NULL, OPT_NO_MC },
@@ -127,6 +132,7 @@ usage (void)
           "       [--exit-with-parent] [-f] [-g GROUP] [-i IPADDR]\n"
           "       [--keepalive] [--log=stderr|syslog|null|FILE]\n"
           "       [--mask-handshake=MASK] [--max-connections=N]\n"
+          "       [--metrics=ADDR:PORT|unix:PATH]\n"
           "       [--no-mc] [--no-sr]\n"
           "       [-P PIDFILE] [-p PORT] [--print-uri] [-r]\n"
           "       [--run 'COMMAND ARGS ...'] [--selinux-label=LABEL]\n"
@@ -309,6 +315,7 @@ parse_option (int c, const char *arg)
     cfg.mask_handshake = parse_uint_opt ("--mask-handshake", arg, 0,
                                          0xffff);
     break;
+  case OPT_METRICS: metrics_where = arg; break;
   case OPT_MAX_CONNECTIONS:
     cfg.max_connections = parse_uint_opt ("--max-connections", arg, 0,
                                           1000000);
@@ -663,7 +670,8 @@ main (int argc, char **argv)
   set_signals ();
   if (cfg.exit_with_parent)
     prctl (PR_SET_PDEATHSIG, SIGTERM);
-  if (!cfg.single && listeners_open (&l) == -1) {
+  if ((!cfg.single && listeners_open (&l) == -1) ||
+      (metrics_where && metrics_open (metrics_where) == -1)) {
     listeners_close (&l);
     exit (EXIT_FAILURE);
   }
@@ -672,7 +680,7 @@ main (int argc, char **argv)
     daemonize ();
   else
     write_pidfile (getpid ());
-  if (stack_after_fork () == -1) {
+  if (stack_after_fork () == -1 || metrics_start () == -1) {
     listeners_close (&l);
     exit (EXIT_FAILURE);
   }
@@ -703,6 +711,7 @@ main (int argc, char **argv)
     _exit (cfg.run ? run_wait () : EXIT_FAILURE);
   }
   acceptors_wait (true);
+  metrics_stop ();
   stack_unload ();
   tls_unload ();
   if (cfg.pidfile)

@@ -18,6 +18,7 @@
 #include "connection.h"
 #include "protocol.h"
 #include "reply.h"
+#include "metrics.h"
 
 /* Most descriptors one BLOCK_STATUS reply carries (§5.2 beyond). */
 #define BLOCKSTATUS_MAX_DESC (1 << 20)
@@ -497,9 +498,13 @@ now_ns (void)
   return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Run one request and reply, now or into the batch (BATCH). */
-static void
-request_handle (struct connection *conn, bool batch, struct work *w)
+/* Run one request and reply, now or into the batch (BATCH).  Returns
+ * the host errno the client was answered with (0 for success), and in
+ * *CALL_NS the time the stack took.
+ */
+static int
+request_answer (struct connection *conn, bool batch, struct work *w,
+                int64_t *call_ns)
 {
   const struct request *r = &w->req;
   int err = w->err;
@@ -520,6 +525,7 @@ request_handle (struct connection *conn, bool batch, struct work *w)
 
       ret = request_run (conn, batch, w, &err);
       t = now_ns () - t;
+      *call_ns = t;
       /* Moving average over about 8 calls; races only blur it. */
       atomic_store (&conn->call_ns,
                     avg - avg / 8 + (t > UINT32_MAX ? UINT32_MAX : t) / 8);
@@ -528,18 +534,38 @@ request_handle (struct connection *conn, bool batch, struct work *w)
   else
     debug ("%s: %s", nbd_cmd_name (r->type), w->why);
   if (ret == -2 || atomic_load (&conn->status) == CONN_DEAD)      /* */
-    return;
+    return ret == -2 ? 0 : err;
   if (ret == -1) {
     if (w->err == 0)                                              /* */
       debug ("%s at offset %" PRIu64 " length %" PRIu64 " failed: %s",
              nbd_cmd_name (r->type), r->offset, r->count, strerror (err));
     reply_failure (conn, batch, w, err);
-    return;
+    return err;
   }
   if (r->type == NBD_CMD_READ)
     reply_read (conn, batch, r, w->buf, r->count);
   else
     reply_ok (conn, batch, r);
+  return 0;
+}
+
+/* Answer one request, counting it for --metrics (metrics.h). */
+static void
+request_handle (struct connection *conn, bool batch, struct work *w)
+{
+  int64_t start, call_ns = 0;
+  int err;
+
+  if (!metrics_on) {
+    request_answer (conn, batch, w, &call_ns);
+    return;
+  }
+  metrics_request_start ();
+  start = now_ns ();
+  err = request_answer (conn, batch, w, &call_ns);
+  metrics_request (conn->metrics_export, w->req.type, w->req.count,
+                   errno_to_nbd (err, w->req.flags), now_ns () - start,
+                   call_ns);
 }
 
 static bool
