@@ -283,6 +283,9 @@ stack_default_export (bool readonly)
   return default_export_below (stack.top, readonly);
 }
 
+static int list_exports_next (nbdkit_backend *b, int readonly,
+                              struct nbdkit_exports *exports);
+
 static int
 list_exports_below (nbdkit_backend *b, int readonly,
                     struct nbdkit_exports *exports)
@@ -290,9 +293,28 @@ list_exports_below (nbdkit_backend *b, int readonly,
   if (b->is_plugin)
     return plugin_list_exports (readonly, exports);
   if (b->f.list_exports)
-    return b->f.list_exports (list_exports_below, b->next, readonly,
+    return b->f.list_exports (list_exports_next, b->next, readonly,
                               nbdkit_is_tls (), exports);
   return list_exports_below (b->next, readonly, exports);
+}
+
+/* What a filter's next() returns: as in nbdkit, a layer's "use the
+ * default export" is resolved to that layer's default name before the
+ * filter sees the list, so a filter can read, rename or describe it.
+ */
+static int
+list_exports_next (nbdkit_backend *b, int readonly,
+                   struct nbdkit_exports *exports)
+{
+  const char *def;
+
+  if (list_exports_below (b, readonly, exports) == -1)
+    return -1;
+  if (!exports->use_default)
+    return 0;
+  exports->use_default = false;
+  def = default_export_below (b, readonly);
+  return def ? nbdkit_add_export (exports, def, NULL) : 0;
 }
 
 int

@@ -212,18 +212,17 @@ plugin_can_multi_conn (struct context *c)
   return 0;
 }
 
-/* A native cache without .cache is emulated by reading. */
+/* NBDKIT_CACHE_NATIVE without .cache means "every cache request
+ * succeeds at once" (nbdkit-plugin(3)); it stays NATIVE, so the
+ * filters above see what they see under nbdkit (the memory plugin
+ * does this).
+ */
 int
 plugin_can_cache (struct context *c)
 {
-  int r;
-
   if (plugin.p.can_cache == NULL)
     return plugin.p.cache ? NBDKIT_CACHE_NATIVE : NBDKIT_CACHE_NONE;
-  r = plugin.p.can_cache (c->handle);
-  if (r == NBDKIT_CACHE_NATIVE && plugin.p.cache == NULL)
-    return NBDKIT_CACHE_EMULATE;
-  return r;
+  return plugin.p.can_cache (c->handle);
 }
 
 int
@@ -421,8 +420,11 @@ int
 plugin_cache (struct context *c, uint32_t count, uint64_t offset,
               uint32_t flags, int *err)
 {
-  int r = plugin.p.cache (c->handle, count, offset, 0);
+  int r;
 
+  if (plugin.p.cache == NULL)
+    return 0;
+  r = plugin.p.cache (c->handle, count, offset, 0);
   RESULT (r);
 }
 
