@@ -64,9 +64,9 @@ def wait_exit(srv, timeout=30):
         pytest.fail("%s did not exit within %ds" % (srv.impl, timeout))
 
 
-def run_server(impl, filters, *args):
-    """Run a server command line that must fail at startup; return
-    (status, stderr)."""
+def run_server(impl, filters, *args, sock="/nonexistent/sock"):
+    """Run a server command line that must exit by itself at startup;
+    return (status, stderr)."""
     if impl == "ours":
         fargs = ["--filter=" + filter_path(f) for f in filters]
         binary = "/usr/bin/nbdkit"
@@ -74,7 +74,7 @@ def run_server(impl, filters, *args):
         fargs = ["--filter=" + f for f in filters]
         binary = "/usr/bin/nbdkit" if impl == "nbdkit" else \
             os.path.join(os.path.dirname(filter_path("x")), "..", "nbdsrv")
-    p = subprocess.run([binary, "-f", "-U", "/nonexistent/sock"] + fargs
+    p = subprocess.run([binary, "-f", "-U", sock] + fargs
                        + list(args), stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=60)
     return p.returncode, p.stderr
@@ -455,6 +455,12 @@ def test_log_same_lines_as_nbdkit(server, tmp_path, ours):
                     "logfile=%s" % log, "error-trim-rate=1",
                     "error-trim=ENOSPC")
         workload(srv)
+        # The server logs a Disconnect after the client has left; wait
+        # for it so the next connection's lines come after.
+        for _ in range(1000):
+            if "Disconnect" in log.read_text():
+                break
+            time.sleep(0.01)
         h = nbd.NBD()
         h.set_export_name("name with \"quotes\" and $")
         h.connect_unix(srv.sock)
@@ -763,3 +769,239 @@ def test_ip_bad_rule(impl, arg):
     rc, err = run_server(impl, ["ip"], "memory", "1M", arg)
     assert rc == 1
     assert arg.split("=")[1].split(":")[0].split("/")[0] in err
+
+
+# -------------------------------------------------------- tls-fallback
+
+TLS_MESSAGE = b"This NBD server requires TLS authentication before it " \
+              b"will serve useful data.\n"
+
+
+def test_tls_fallback_plaintext(server, impl):
+    """Without TLS a client gets the 512-byte message disk, whatever
+    export it asks for.  (With TLS the real export is served: that half
+    waits for TLS in nbdsrv.)"""
+    srv = start(server, impl, ["tls-fallback"], "memory", "1M")
+    assert exports(srv) == [("", "")]
+    for name in ("", "anything"):
+        h = connect(srv, name)
+        assert h.get_size() == 512
+        assert h.is_read_only()
+        data = h.pread(512, 0)
+        assert data == TLS_MESSAGE + bytes(512 - len(TLS_MESSAGE))
+        assert h.pread(10, 56) == TLS_MESSAGE[56:66]
+        flags = export_flags(h, ["can_flush", "can_trim", "can_zero",
+                                 "can_fua", "can_cache", "can_multi_conn",
+                                 "is_rotational"])
+        assert not any(flags.values()), flags
+        h.shutdown()
+
+
+def test_tls_fallback_readme(server, impl):
+    srv = start(server, impl, ["tls-fallback"], "memory", "1M",
+                "tlsreadme=go away")
+    h = connect(srv)
+    assert h.pread(512, 0) == b"go away" + bytes(505)
+    h.shutdown()
+    srv = start(server, impl, ["tls-fallback"], "memory", "1M",
+                "tlsreadme=" + "a" * 600)
+    h = connect(srv)
+    assert h.pread(512, 0) == b"a" * 512
+    h.shutdown()
+
+
+SERIAL_CONNS = r"""#!/bin/sh
+case "$1" in
+  get_size) echo 1048576 ;;
+  thread_model) echo serialize_connections ;;
+  pread) head -c "$3" /dev/zero ;;
+  open) echo h ;;
+  *) exit 2 ;;
+esac
+"""
+
+
+def test_tls_fallback_refuses_serialized_plugin(impl, tmp_path):
+    script = write_script(tmp_path, "serial.sh", SERIAL_CONNS)
+    rc, err = run_server(impl, ["tls-fallback"], "sh", script)
+    assert rc == 1
+    assert "parallel connection" in err
+
+
+# ------------------------------------------------------------ exitwhen
+
+def test_exitwhen_file_created(server, impl, tmp_path):
+    stop = tmp_path / "stop"
+    srv = start(server, impl, ["exitwhen"], "memory", "1M",
+                "exit-when-file-created=%s" % stop, "exit-when-poll=1")
+    h = connect(srv)
+    stop.touch()
+    # New clients are refused; the connected one goes on.
+    assert not admitted(srv)
+    assert srv.alive()
+    h.pwrite(b"x", 0)
+    assert h.pread(1, 0) == b"x"
+    h.shutdown()
+    assert wait_exit(srv) == 0
+
+
+def test_exitwhen_file_exists_at_start(impl, tmp_path):
+    stop = tmp_path / "stop"
+    stop.touch()
+    rc, err = run_server(impl, ["exitwhen"], "memory", "1M",
+                         "exit-when-file-created=%s" % stop,
+                         sock=str(tmp_path / "sock"))
+    assert rc == 0, err
+
+
+def test_exitwhen_idle_poll(server, impl, tmp_path):
+    """An idle server notices a deleted file or an exited process at
+    its next poll."""
+    keep = tmp_path / "keep"
+    keep.touch()
+    srv = start(server, impl, ["exitwhen"], "memory", "1M",
+                "exit-when-file-deleted=%s" % keep, "exit-when-poll=1")
+    assert admitted(srv)
+    keep.unlink()
+    assert wait_exit(srv) == 0
+    sleeper = subprocess.Popen(["sleep", "600"])
+    try:
+        srv = start(server, impl, ["exitwhen"], "memory", "1M",
+                    "exit-when-process-exits=%d" % sleeper.pid,
+                    "exit-when-poll=1")
+        assert admitted(srv)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert wait_exit(srv) == 0
+
+
+def test_exitwhen_script(server, impl, tmp_path):
+    flag = tmp_path / "flag"
+    script = "test -f %s && exit 88; exit 0" % flag
+    srv = start(server, impl, ["exitwhen"], "memory", "1M",
+                "exit-when-script=" + script, "exit-when-poll=1")
+    assert admitted(srv)
+    assert srv.alive()
+    flag.touch()
+    assert wait_exit(srv) == 0
+
+
+def test_exitwhen_pipe_closed(impl, tmp_path):
+    if impl == "ours":
+        binary, fargs = "/usr/bin/nbdkit", ["--filter=" +
+                                            filter_path("exitwhen")]
+    else:
+        binary = "/usr/bin/nbdkit" if impl == "nbdkit" else \
+            os.path.join(os.path.dirname(filter_path("x")), "..", "nbdsrv")
+        fargs = ["--filter=exitwhen"]
+    sock = str(tmp_path / "sock")
+    r, w = os.pipe()
+    from conftest import server_env
+    proc = subprocess.Popen([binary, "-f", "-U", sock] + fargs +
+                            ["memory", "1M", "exit-when-pipe-closed=%d" % r,
+                             "exit-when-poll=1"],
+                            pass_fds=[r], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE,
+                            env=server_env("nbdsrv" if impl == "nbdsrv"
+                                           else "nbdkit"))
+    os.close(r)
+    try:
+        for _ in range(1000):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()
+        os.close(w)
+        w = None
+        assert proc.wait(30) == 0
+    finally:
+        if w is not None:
+            os.close(w)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("arg", ["exit-when-poll=x",
+                                 "exit-when-pipe-closed=x",
+                                 "exit-when-process-exits=x"])
+def test_exitwhen_bad_value(impl, arg):
+    rc, err = run_server(impl, ["exitwhen"], "memory", "1M", arg)
+    assert rc == 1
+    assert arg.split("=")[0] in err
+
+
+# --------------------------------------------------------------- retry
+
+RETRY_SCRIPT = r"""#!/bin/sh
+# Fails the first $FAILS preads (counted in $STATE); logs each open's
+# read-only flag to $OPENS.
+case "$1" in
+  get_size) echo 1048576 ;;
+  thread_model) echo serialize_all_requests ;;
+  can_write) exit 0 ;;
+  pwrite) cat > /dev/null ;;
+  pread)
+    n=$(cat "$STATE" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$STATE"
+    if [ $n -le "$FAILS" ]; then echo "EIO flaky read $n" >&2; exit 1; fi
+    head -c "$3" /dev/zero ;;
+  open) echo "$2" >> "$OPENS"; echo h ;;
+  *) exit 2 ;;
+esac
+"""
+
+
+def retry_setup(tmp_path, fails):
+    script = write_script(tmp_path, "retry.sh", RETRY_SCRIPT)
+    opens = tmp_path / "opens"
+    env = dict(os.environ, FAILS=str(fails), STATE=str(tmp_path / "state"),
+               OPENS=str(opens))
+    return script, opens, env
+
+
+def test_retry_reopens(server, impl, tmp_path):
+    script, opens, env = retry_setup(tmp_path, 2)
+    srv = start(server, impl, ["retry"], "sh", script, "retry-delay=1",
+                "retry-exponential=no", env=env)
+    h = connect(srv)
+    t0 = time.monotonic()
+    assert h.pread(512, 0) == bytes(512)
+    assert time.monotonic() - t0 >= 2.0
+    # The first open, then one reopen per retry.
+    assert opens.read_text().split() == ["false"] * 3
+    h.pwrite(b"x" * 512, 0)
+    h.shutdown()
+
+
+def test_retry_gives_up(server, impl, tmp_path):
+    script, opens, env = retry_setup(tmp_path, 5)
+    srv = start(server, impl, ["retry"], "sh", script, "retry-delay=1",
+                "retries=1", env=env)
+    h = connect(srv)
+    assert errno_of(lambda: h.pread(512, 0)) == errno.EIO
+    assert opens.read_text().split() == ["false"] * 2
+    h.shutdown()
+
+
+def test_retry_readonly(server, impl, tmp_path):
+    script, opens, env = retry_setup(tmp_path, 1)
+    srv = start(server, impl, ["retry"], "sh", script, "retry-delay=1",
+                "retry-readonly=yes", env=env)
+    h = connect(srv)
+    h.pwrite(b"x" * 512, 0)
+    assert h.pread(512, 0) == bytes(512)
+    assert opens.read_text().split() == ["false", "true"]
+    # EROFS travels as EPERM: NBD has no read-only error.
+    assert errno_of(lambda: h.pwrite(b"x" * 512, 0)) == errno.EPERM
+    h.shutdown()
+
+
+@pytest.mark.parametrize("arg", ["retries=-1", "retry-delay=0",
+                                 "retry-delay=1.5", "retry-readonly=maybe"])
+def test_retry_bad_value(impl, arg):
+    rc, err = run_server(impl, ["retry"], "memory", "1M", arg)
+    assert rc == 1
+    assert arg.split("=")[0] in err or arg.split("=")[1] in err
