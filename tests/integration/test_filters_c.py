@@ -779,8 +779,7 @@ TLS_MESSAGE = b"This NBD server requires TLS authentication before it " \
 
 def test_tls_fallback_plaintext(server, impl):
     """Without TLS a client gets the 512-byte message disk, whatever
-    export it asks for.  (With TLS the real export is served: that half
-    waits for TLS in nbdsrv.)"""
+    export it asks for."""
     srv = start(server, impl, ["tls-fallback"], "memory", "1M")
     assert exports(srv) == [("", "")]
     for name in ("", "anything"):
@@ -807,6 +806,34 @@ def test_tls_fallback_readme(server, impl):
                 "tlsreadme=" + "a" * 600)
     h = connect(srv)
     assert h.pread(512, 0) == b"a" * 512
+    h.shutdown()
+
+
+def test_tls_fallback_with_tls(server, impl, tmp_path):
+    """With --tls=on, a client that negotiated TLS reaches the plugin;
+    one in plaintext gets the message disk."""
+    import shutil
+    psktool = shutil.which("psktool")
+    assert psktool, "psktool missing: run 'scripts/install-deps.sh test'"
+    keys = str(tmp_path / "keys.psk")
+    subprocess.run([psktool, "-u", "alice", "-p", keys], check=True,
+                   capture_output=True, timeout=60)
+    srv = start(server, impl, ["tls-fallback"], "--tls=on",
+                "--tls-psk=" + keys, "memory", "1M")
+    h = nbd.NBD()
+    h.set_tls(nbd.TLS_REQUIRE)
+    h.set_tls_psk_file(keys)
+    h.set_tls_username("alice")
+    h.connect_unix(srv.sock)
+    assert h.get_tls_negotiated()
+    assert h.get_size() == 1 << 20
+    assert not h.is_read_only()
+    h.pwrite(b"secret", 0)
+    assert h.pread(6, 0) == b"secret"
+    h.shutdown()
+    h = connect(srv)
+    assert h.get_size() == 512
+    assert h.pread(len(TLS_MESSAGE), 0) == TLS_MESSAGE
     h.shutdown()
 
 
