@@ -384,6 +384,8 @@ int ctx_trim (struct context *c, uint32_t count, uint64_t offset,
               uint32_t flags, int *err);
 int ctx_zero (struct context *c, uint32_t count, uint64_t offset,
               uint32_t flags, int *err);
+int ctx_zero_by_writing (struct context *c, uint32_t count,
+                         uint64_t offset, uint32_t flags, int *err);
 int ctx_extents (struct context *c, uint32_t count, uint64_t offset,
                  uint32_t flags, struct nbdkit_extents *extents, int *err);
 int ctx_cache (struct context *c, uint32_t count, uint64_t offset,

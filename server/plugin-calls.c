@@ -17,14 +17,6 @@
 #include "connection.h"
 #include "minmax.h"
 
-/* Largest piece written at once when emulating zero: nbdkit's largest
- * request, so a slow plugin (a script) is called as often as under
- * nbdkit.  Never written, so it stays in the shared zero page and costs
- * no memory.
- */
-#define ZERO_PIECE (64 * 1024 * 1024)
-static char zero_buf[ZERO_PIECE];
-
 /* The errno of a failed callback: nbdkit_set_error wins, then errno if
  * the plugin promises to preserve it, else EIO.
  */
@@ -313,21 +305,6 @@ plugin_trim (struct context *c, uint32_t count, uint64_t offset,
   return flush_after ? plugin_flush (c, 0, err) : 0;
 }
 
-static int
-zero_by_writing (struct context *c, uint32_t count, uint64_t offset,
-                 int *err)
-{
-  while (count > 0) {
-    uint32_t n = MIN (count, (uint32_t) ZERO_PIECE);
-
-    if (plugin_pwrite (c, zero_buf, n, offset, 0, err) == -1)
-      return -1;
-    count -= n;
-    offset += n;
-  }
-  return 0;
-}
-
 /* Try the plugin's .zero; 1 when the plugin declined (ENOTSUP) and the
  * caller should write zeroes itself.
  */
@@ -361,26 +338,20 @@ int
 plugin_zero (struct context *c, uint32_t count, uint64_t offset,
              uint32_t flags, int *err)
 {
-  bool fast = flags & NBDKIT_FLAG_FAST_ZERO;
+  uint32_t native_flags;
   bool flush_after;
-  int r = 1;
+  int r;
 
-  flags = native_fua (c, flags, &flush_after);
   /* can_zero without .zero: emulated, as nbdkit does. */
-  if (ctx_can_zero (c) == NBDKIT_ZERO_NATIVE &&
-      HAS_CALLBACK (&plugin.p, zero)) {
-    r = zero_natively (c, count, offset, flags, err);
-    if (r == -1)
-      return -1;
-  }
-  if (r == 1) {
-    if (fast) {
-      *err = ENOTSUP;
-      return -1;
-    }
-    if (zero_by_writing (c, count, offset, err) == -1)
-      return -1;
-  }
+  if (ctx_can_zero (c) != NBDKIT_ZERO_NATIVE ||
+      !HAS_CALLBACK (&plugin.p, zero))
+    return ctx_zero_by_writing (c, count, offset, flags, err);
+  native_flags = native_fua (c, flags, &flush_after);
+  r = zero_natively (c, count, offset, native_flags, err);
+  if (r == 1)
+    return ctx_zero_by_writing (c, count, offset, flags, err);
+  if (r == -1)
+    return -1;
   return flush_after ? plugin_flush (c, 0, err) : 0;
 }
 

@@ -26,24 +26,6 @@
 #include "internal.h"
 #include "protocol.h"
 
-void
-nbdkit_verror (const char *fmt, va_list args)
-{
-  char buf[256];
-
-  vsnprintf (buf, sizeof buf, fmt, args);
-}
-
-void
-nbdkit_error (const char *fmt, ...)
-{
-  va_list args;
-
-  va_start (args, fmt);
-  nbdkit_verror (fmt, args);
-  va_end (args);
-}
-
 #define REQUIRE(cond) do { if (!(cond)) {                                \
       fprintf (stderr, "fuzz-request-ext: broken promise: %s (line %d)\n", \
                #cond, __LINE__);                                          \

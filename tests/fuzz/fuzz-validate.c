@@ -29,25 +29,6 @@
 #include "internal.h"
 #include "protocol.h"
 
-/* extents.c reports through nbdkit_error; nothing to see here. */
-void
-nbdkit_verror (const char *fmt, va_list args)
-{
-  char buf[256];
-
-  vsnprintf (buf, sizeof buf, fmt, args);
-}
-
-void
-nbdkit_error (const char *fmt, ...)
-{
-  va_list args;
-
-  va_start (args, fmt);
-  nbdkit_verror (fmt, args);
-  va_end (args);
-}
-
 struct reader {
   const uint8_t *p;
   size_t left;
