@@ -107,9 +107,6 @@ backend_open (struct export *exp, const char *name, bool readonly)
     goto out_unlock;
   if (ctx_prepare (exp->top) == -1 || caps_query (exp) == -1)
     goto out_unlock;
-  const char *d = ctx_export_description (exp->top);
-
-  exp->description = d ? strdup (d) : NULL;
   r = 0;
 
  out_unlock:
@@ -133,6 +130,24 @@ backend_close (struct export *exp)
   free (exp->name);
   free (exp->description);
   exp->name = exp->description = NULL;
+}
+
+/* The export's description, asked of the stack only when a client
+ * wants it (NBD_INFO_DESCRIPTION), as nbdkit does; NULL if none.  The
+ * export keeps it until it closes.
+ */
+const char *
+backend_export_description (struct export *exp)
+{
+  const char *d;
+
+  if (exp->description == NULL) {
+    lock_request ();
+    d = ctx_export_description (exp->top);
+    exp->description = d ? strdup (d) : NULL;
+    unlock_request ();
+  }
+  return exp->description;
 }
 
 /* Run CALL under the thread model's lock. */

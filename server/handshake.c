@@ -200,17 +200,18 @@ static int
 send_info (struct connection *conn, uint32_t option, uint16_t type,
            const char *name)
 {
-  const struct export *exp = &conn->exp;
+  struct export *exp = &conn->exp;
+  const char *desc;
 
   switch (type) {
   case NBD_INFO_NAME:
     return send_info_string (conn, option, NBD_INFO_NAME,
                              *name ? name : exp->name);
   case NBD_INFO_DESCRIPTION:
-    if (exp->description == NULL)
+    desc = backend_export_description (exp);
+    if (desc == NULL)
       return 0;
-    return send_info_string (conn, option, NBD_INFO_DESCRIPTION,
-                             exp->description);
+    return send_info_string (conn, option, NBD_INFO_DESCRIPTION, desc);
   case NBD_INFO_BLOCK_SIZE:
     if (exp->caps.block_min == 0)
       return 0;

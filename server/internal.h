@@ -399,11 +399,12 @@ struct export {
   struct context *top;          /* open while not NULL */
   struct export_caps caps;
   char *name;                   /* owned: name the client asked for */
-  char *description;            /* owned, may be NULL */
+  char *description;            /* owned: asked for once, may be NULL */
   const char *plugin_name;      /* interned: the name the plugin opened */
 };
 int backend_open (struct export *exp, const char *name, bool readonly);
 void backend_close (struct export *exp);
+const char *backend_export_description (struct export *exp);
 int backend_pread (struct export *exp, void *buf, uint32_t count,
                    uint64_t offset, uint32_t flags, int *err);
 int backend_pwrite (struct export *exp, const void *buf, uint32_t count,
