@@ -5,7 +5,8 @@ tmp, from its own build directory (so the build under test keeps its
 prefix).  The installed tree must:
 
 - put every file under a name with "nbdsrv" in its path, none of them a
-  file of Debian's nbdkit packages;
+  file of Debian's nbdkit packages (man pages included: nbdsrv(1),
+  nbdsrv-NAME-plugin(1), nbdsrv-plugin(3));
 - run: the installed binary finds the installed plugins, never the
   build tree's;
 - build an out-of-tree plugin through the installed nbdsrv.pc, load it
@@ -17,6 +18,7 @@ prefix).  The installed tree must:
 `make uninstall` with the same PREFIX and DESTDIR must leave no file.
 """
 import os
+import re
 import subprocess
 
 import nbd
@@ -227,6 +229,15 @@ def test_install_names_do_not_clash_with_nbdkit(installed):
             if os.path.isdir(os.path.join(top, name)):
                 assert os.path.join(
                     target, "nbdkit-%s-%s.so" % (name, kind)) in files
+    mandir = os.path.join(PREFIX, "share", "man")
+    assert os.path.join(mandir, "man1", "nbdsrv.1") in files
+    for page in ("nbdsrv-plugin.3", "nbdsrv-filter.3"):
+        assert os.path.join(mandir, "man3", page) in files
+    for f in files:
+        m = re.fullmatch(re.escape(PLUGINDIR) + r"/nbdkit-(.*)-plugin\.so", f)
+        if m:
+            assert os.path.join(mandir, "man1",
+                                "nbdsrv-%s-plugin.1" % m.group(1)) in files
     assert [f for f in files if "nbdsrv" not in f] == []
     assert sorted(files & debian_nbdkit_files()) == []
 
