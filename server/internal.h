@@ -119,6 +119,10 @@ size_t dirs_search (enum module_kind kind, const char *dirs[DIRS_SEARCH_MAX]);
  */
 char *dirs_find (enum module_kind kind, const char *name);
 
+/* notify.c: READY=1 and STOPPING=1 for systemd (Type=notify). */
+void notify_ready (void);
+void notify_stopping (void);
+
 /* quit.c: shutting the server down. */
 extern volatile int quit;       /* set once; never cleared */
 extern int quit_fd;             /* becomes readable once quit is set */

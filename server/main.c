@@ -684,6 +684,7 @@ main (int argc, char **argv)
     listeners_close (&l);
     exit (EXIT_FAILURE);
   }
+  notify_ready ();
 
   if (cfg.single)
     serve_single ();
@@ -701,6 +702,7 @@ main (int argc, char **argv)
   /* Orderly shutdown: stop listening at once, then let requests in
    * flight finish.
    */
+  notify_stopping ();
   acceptors_wait (false);
   listeners_close (&l);
   conns_shutdown_all ();

@@ -6,7 +6,7 @@ prefix).  The installed tree must:
 
 - put every file under a name with "nbdsrv" in its path, none of them a
   file of Debian's nbdkit packages (man pages included: nbdsrv(1),
-  nbdsrv-NAME-plugin(1), nbdsrv-plugin(3));
+  nbdsrv-NAME-plugin(1), nbdsrv-plugin(3); the systemd units);
 - run: the installed binary finds the installed plugins, never the
   build tree's;
 - build an out-of-tree plugin through the installed nbdsrv.pc, load it
@@ -238,6 +238,13 @@ def test_install_names_do_not_clash_with_nbdkit(installed):
         if m:
             assert os.path.join(mandir, "man1",
                                 "nbdsrv-%s-plugin.1" % m.group(1)) in files
+    unitdir = os.path.join(PREFIX, "lib", "systemd", "system")
+    for unit in ("nbdsrv.socket", "nbdsrv.service",
+                 "nbdsrv-standalone.service"):
+        assert os.path.join(unitdir, unit) in files
+        text = open(destdir + os.path.join(unitdir, unit)).read()
+        if unit.endswith(".service"):
+            assert "ExecStart=/usr/bin/nbdsrv " in text
     assert [f for f in files if "nbdsrv" not in f] == []
     assert sorted(files & debian_nbdkit_files()) == []
 
