@@ -76,6 +76,7 @@ char *
 uri_new (const struct listeners *l)
 {
   const char *exp = cfg.exportname ? cfg.exportname : "";
+  const char *s = cfg.tls == TLS_REQUIRE ? "s" : "";     /* TLS */
   char *uri = NULL;
   size_t len = 0;
   FILE *fp = open_memstream (&uri, &len);
@@ -83,10 +84,11 @@ uri_new (const struct listeners *l)
   if (fp == NULL)
     return NULL;
   /* The same shapes as nbdkit's $uri: nbd+unix://?socket=PATH and
-   * nbd://HOST:PORT, with /EXPORT only when there is one.
+   * nbd://HOST:PORT, with /EXPORT only when there is one; nbds when
+   * --tls=require, since a plain client would be refused.
    */
   if (l->unixpath) {
-    fputs ("nbd+unix://", fp);
+    fprintf (fp, "nbd%s+unix://", s);
     if (*exp) {
       fputc ('/', fp);
       uri_escape (fp, exp);
@@ -97,11 +99,11 @@ uri_new (const struct listeners *l)
     const char *host = uri_host ();
 
     if (cfg.vsock)
-      fprintf (fp, "nbd+vsock://1:%d", l->port);
+      fprintf (fp, "nbd%s+vsock://1:%d", s, l->port);
     else if (strchr (host, ':'))
-      fprintf (fp, "nbd://[%s]:%d", host, l->port);
+      fprintf (fp, "nbd%s://[%s]:%d", s, host, l->port);
     else
-      fprintf (fp, "nbd://%s:%d", host, l->port);
+      fprintf (fp, "nbd%s://%s:%d", s, host, l->port);
     if (*exp) {
       fputc ('/', fp);
       uri_escape (fp, exp);

@@ -73,6 +73,37 @@ gnutls_log (int level, const char *msg)
                 (int) (len && msg[len - 1] == '\n' ? len - 1 : len), msg);
 }
 
+/* Start-up only, where nbdsrv's messages go to stderr. */
+static void
+start_warning (const char *fmt, ...) ATTRIBUTE_PRINTF (1, 2);
+static void
+start_warning (const char *fmt, ...)
+{
+  va_list args;
+
+  fputs ("nbdsrv: warning: ", stderr);
+  va_start (args, fmt);
+  vfprintf (stderr, fmt, args);
+  va_end (args);
+  fputc ('\n', stderr);
+}
+
+static int
+dir_check (const char *dir)
+{
+  struct stat st;
+
+  if (stat (dir, &st) == -1) {
+    server_error ("--tls-certificates %s: %m", dir);
+    return -1;
+  }
+  if (!S_ISDIR (st.st_mode)) {
+    server_error ("--tls-certificates %s: not a directory", dir);
+    return -1;
+  }
+  return 0;
+}
+
 /* A file named on the command line must be readable now: one message
  * naming it, then the caller exits with status 1.
  */
@@ -315,9 +346,9 @@ default_load (void)
     return -1;
   }
   if (cfg.tls == TLS_ON)
-    server_error ("warning: --tls=on but no certificates were found: "
-                  "TLS is disabled (use --tls-certificates=DIR or "
-                  "--tls-psk=FILE)");
+    start_warning ("--tls=on but no certificates were found: TLS is "
+                   "disabled (use --tls-certificates=DIR or "
+                   "--tls-psk=FILE)");
   cfg.tls = TLS_OFF;
   return 0;
 }
@@ -329,8 +360,7 @@ tls_load (void)
 
   if (cfg.tls == TLS_OFF) {
     if (cfg.tls_verify_peer)
-      server_error ("warning: --tls-verify-peer has no effect with "
-                    "--tls=off");
+      start_warning ("--tls-verify-peer has no effect with --tls=off");
     return 0;
   }
   if (cfg.tls_log > 0) {
@@ -339,17 +369,9 @@ tls_load (void)
   }
   if (cfg.tls_psk)
     r = psk_load ();
-  else if (cfg.tls_certificates) {
-    struct stat st;
-
-    if (stat (cfg.tls_certificates, &st) == -1 || !S_ISDIR (st.st_mode)) {
-      if (errno == 0 || S_ISDIR (st.st_mode) == 0)
-        errno = ENOTDIR;
-      server_error ("--tls-certificates %s: %m", cfg.tls_certificates);
-      return -1;
-    }
-    r = x509_load (cfg.tls_certificates);
-  }
+  else if (cfg.tls_certificates)
+    r = dir_check (cfg.tls_certificates) == -1 ? -1
+      : x509_load (cfg.tls_certificates);
   else
     r = default_load ();
   if (r == -1 || cfg.tls == TLS_OFF)

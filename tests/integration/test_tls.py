@@ -229,6 +229,42 @@ def test_libnbd_read_write(server, pki, auth):
     h.shutdown()
 
 
+@pytest.fixture
+def tcp_server(pki):
+    """nbdsrv on 127.0.0.1 with a port the kernel picks (read back from
+    --print-uri), --tls=require and --tls-verify-peer; stopped by PID."""
+    proc = subprocess.Popen(
+        [NBDSRV, "-f", "-i", "127.0.0.1", "-p", "0", "--print-uri",
+         *x509_args(pki, verify=True), "memory", "size=4M"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        uri = proc.stdout.readline().strip()
+        assert uri.startswith("nbds://127.0.0.1:"), uri
+        yield uri.split(":")[2].split("/")[0]
+    finally:
+        proc.terminate()
+        proc.wait(CLIENT_TIMEOUT)
+
+
+def test_tcp_nbds_uri_and_qemu(tcp_server, pki):
+    """Over TCP: an nbds:// URI (the server's certificate is checked
+    against 127.0.0.1), and qemu-io with a client certificate."""
+    port = tcp_server
+    out = run(["nbdinfo", "nbds://127.0.0.1:%s/?tls-certificates=%s"
+               % (port, pki.clients["good"])]).stdout
+    assert "with TLS" in out
+    out = run(["qemu-io", "--object", qemu_object(pki, "x509"),
+               "--image-opts",
+               "driver=nbd,host=127.0.0.1,port=%s,tls-creds=tls0" % port,
+               "-c", "write -P 0x33 0 1M", "-c", "read -P 0x33 0 1M"]).stdout
+    assert "Pattern verification failed" not in out
+    assert "read 1048576/1048576" in out
+    p = run(["nbdinfo", "nbds://127.0.0.1:%s/?tls-certificates=%s"
+             % (port, pki.clients["revoked"])], ok=False)
+    assert p.returncode != 0
+
+
 def test_nbdcopy_round_trip(server, pki, tmp_path):
     """nbdcopy in and out through PSK TLS gives back the same bytes."""
     src = tmp_path / "src"
@@ -631,7 +667,11 @@ def start_fails(*args):
 
 def test_startup_failures(pki, tmp_path):
     missing = str(tmp_path / "nodir")
-    assert missing in start_fails("--tls=on", "--tls-certificates=" + missing)
+    line = start_fails("--tls=on", "--tls-certificates=" + missing)
+    assert line.endswith("--tls-certificates %s: No such file or directory"
+                         % missing)
+    line = start_fails("--tls=on", "--tls-certificates=" + pki.ca)
+    assert line.endswith("%s: not a directory" % pki.ca)
     nokey = tmp_path / "nokey"
     nokey.mkdir()
     shutil.copy(os.path.join(pki.server, "server-cert.pem"), nokey)
@@ -666,7 +706,17 @@ def test_default_certificate_directories(server, tmp_path):
     h.connect_unix(srv.sock)
     assert not h.get_tls_negotiated()
     h.shutdown()
-    assert log_lines(srv, "warning: --tls=on but no certificates")
+    assert log_lines(srv, "nbdsrv: warning: --tls=on but no certificates")
+
+
+@pytest.mark.parametrize("mode,scheme", [("require", "nbds+unix://"),
+                                         ("on", "nbd+unix://")])
+def test_run_uri_scheme(impl, pki, mode, scheme):
+    """$uri says nbds when a plain client would be refused, as nbdkit."""
+    p = run([{"nbdsrv": NBDSRV, "nbdkit": NBDKIT}[impl], "-U", "-",
+             *x509_args(pki, mode=mode), "memory", "1M",
+             "--run", "echo \"$uri\""])
+    assert p.stdout.startswith(scheme), p.stdout
 
 
 def test_dump_config():
