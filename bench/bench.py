@@ -50,9 +50,9 @@ STOP_TIMEOUT = 5.0          # ... and exit this long after SIGTERM
 # Quick mode: one round, short runs.  Full mode: three rounds, medians.
 MODES = {
     "quick": {"repeats": 1, "runtime": 0.6, "connect": 0.6,
-              "limit": 0.3, "budget": 135},
+              "limit": 0.3, "budget": 150},
     "full": {"repeats": 3, "runtime": 1.5, "connect": 1.5,
-             "limit": 0.5, "budget": 650},
+             "limit": 0.5, "budget": 720},
 }
 
 
@@ -617,15 +617,21 @@ class ServerInstance:
 # ---------------------------------------------------------------- cases
 
 class Case:
-    def __init__(self, key, label, transport, metric, fio=None, kind="fio"):
+    """conns > 1: the case opens that many connections to one export,
+    which is only safe (and only done by nbdcopy) with multi-conn."""
+
+    def __init__(self, key, label, transport, metric, fio=None, kind="fio",
+                 conns=1):
         self.key, self.label, self.transport = key, label, transport
         self.metric, self.fio, self.kind = metric, fio, kind
+        self.conns = conns
 
 
-def fio_case(key, label, transport, rw, bs, iodepth, numjobs):
+def fio_case(key, label, transport, rw, bs, iodepth, numjobs, conns=1):
     metric = "IOPS" if bs == "4k" else "MiB/s"
     return Case(key, label, transport, metric,
-                {"rw": rw, "bs": bs, "iodepth": iodepth, "numjobs": numjobs})
+                {"rw": rw, "bs": bs, "iodepth": iodepth, "numjobs": numjobs},
+                conns=conns)
 
 
 CASES = [
@@ -640,6 +646,14 @@ CASES = [
     Case("nbdcopy-1g", "nbdcopy 1G to null:", "unix", "MiB/s",
          kind="nbdcopy"),
     Case("connect", "connect+4k read", "unix", "conn/s", kind="connect"),
+    # Aggregate throughput of 4 connections to one export (multi-conn):
+    # 4 fio jobs of QD8 each, and nbdcopy with 4 connections and 4
+    # threads (nbdcopy opens no more connections than threads, and its
+    # default thread count is the number of cores).
+    fio_case("4k-randread-4conn", "4k randread 4 conns QD8", "unix",
+             "randread", "4k", 8, 4, conns=4),
+    Case("nbdcopy-1g-4conn", "nbdcopy 1G 4 conns", "unix", "MiB/s",
+         kind="nbdcopy", conns=4),
     fio_case("4k-randread-qd32-tcp", "4k randread QD32 TCP", "tcp",
              "randread", "4k", 16, 2),
     fio_case("4k-randwrite-qd32-tcp", "4k randwrite QD32 TCP", "tcp",
@@ -662,6 +676,7 @@ CASE_LIMITS = {
     "1m-read-qd8": "unix_mib_s",
     "1m-write-qd8": "unix_mib_s",
     "nbdcopy-1g": "unix_mib_s",
+    "nbdcopy-1g-4conn": "unix_mib_s",
     "1m-read-qd8-tcp": "tcp_mib_s",
     "1m-write-qd8-tcp": "tcp_mib_s",
 }
@@ -711,9 +726,13 @@ def run_fio(ctx, uri, name, opts, runtime=None, size=None, tls=None):
     }
 
 
-def run_nbdcopy(ctx, uri):
-    argv = ["nbdcopy", f"--request-size={NBDCOPY_REQUEST_SIZE}",
-            uri, "null:"]
+def run_nbdcopy(ctx, uri, conns):
+    """CONNS 1: nbdcopy's defaults (one connection per core when the
+    server offers multi-conn); more: exactly that many."""
+    argv = ["nbdcopy", f"--request-size={NBDCOPY_REQUEST_SIZE}"]
+    if conns > 1:
+        argv += [f"--connections={conns}", f"--threads={conns}"]
+    argv += [uri, "null:"]
     start = time.monotonic()
     r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                        text=True, timeout=120)
@@ -743,15 +762,28 @@ def run_connect(ctx, uri):
     return {"conn_s": count / seconds, "requests": count}
 
 
+def can_multi_conn(uri):
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    try:
+        return h.can_multi_conn()
+    finally:
+        h.shutdown()
+
+
 def measure(ctx, inst, case):
     """Run CASE once against INST; adds the server's CPU per request."""
     uri = inst.uris[case.transport]
+    if case.conns > 1 and not can_multi_conn(uri):
+        raise RuntimeError(f"the export does not offer multi-conn, so "
+                           f"{case.conns} connections to it would not "
+                           "be safe: row left empty")
     before = inst.ticks()
     if case.kind == "fio":
         res = run_fio(ctx, uri, case.key, case.fio, runtime=ctx.runtime,
                       tls=ctx.tls if case.transport == "tls" else None)
     elif case.kind == "nbdcopy":
-        res = run_nbdcopy(ctx, uri)
+        res = run_nbdcopy(ctx, uri, case.conns)
     else:
         res = run_connect(ctx, uri)
     if inst.spec.forks:
