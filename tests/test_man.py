@@ -29,7 +29,7 @@ MAN_ENV = dict(os.environ, LC_ALL="C.UTF-8", MANWIDTH="80",
 
 
 def built_pages():
-    return sorted(glob.glob(os.path.join(MAN_DIR, "*.[13]")))
+    return sorted(glob.glob(os.path.join(MAN_DIR, "*.[137]")))
 
 
 def module_dirs(kind):
@@ -44,7 +44,8 @@ def module_dirs(kind):
 
 def test_every_page_is_built():
     names = {os.path.basename(p) for p in built_pages()}
-    want = {"nbdsrv.1", "nbdsrv-plugin.3", "nbdsrv-filter.3"}
+    want = {"nbdsrv.1", "nbdsrv-plugin.3", "nbdsrv-filter.3",
+            "nbdsrv-filters.7"}
     want |= {"nbdsrv-%s-plugin.1" % n for n in module_dirs("plugin")}
     want |= {"nbdsrv-%s-filter.1" % n for n in module_dirs("filter")
              if os.path.exists(os.path.join(
