@@ -246,7 +246,7 @@ void plugin_usage (void);
 void plugin_dump (void);
 const char *plugin_default_export (bool readonly);
 int plugin_list_exports (bool readonly, struct nbdkit_exports *exports);
-int plugin_debug_flag_set (const char *name, const char *flag, int value);
+int plugin_debug_flag_set (const char *name, const char *sym, int value);
 
 /* plugin-calls.c: the plugin as the bottom layer of a context, with
  * what it lacks emulated (FUA by flush, zero by write).  Data calls

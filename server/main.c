@@ -43,6 +43,7 @@ static const char *user, *group;
 struct debug_flag {
   char *name, *flag;
   int value;
+  bool used;                    /* a plugin or filter has NAME */
   struct debug_flag *next;
 };
 static struct debug_flag *debug_flags;
@@ -178,50 +179,108 @@ parse_uint_opt (const char *opt, const char *arg, unsigned min,
   return v;
 }
 
+/* -D NAME.FLAG=N, as nbdkit parses it: NAME up to the first dot, FLAG
+ * up to the '=', N any int nbdkit_parse_int takes.  The list is kept
+ * last first, as nbdkit keeps it, so warnings come in nbdkit's order.
+ */
 static void
 add_debug_flag (const char *arg)
 {
   const char *dot = strchr (arg, '.'), *eq = strchr (arg, '=');
   struct debug_flag *d;
+  int value;
 
-  if (!dot || !eq || dot > eq || dot == arg || eq == dot + 1)
-    die ("-D %s: expected NAME.FLAG=N, for example -D memory.dir=1", arg);
+  if (!dot || !eq || dot > eq || dot == arg || eq == dot + 1 ||
+      eq[1] == '\0' || nbdkit_parse_int ("flag", eq + 1, &value) == -1) {
+    /* nbdkit's words, without "error:", after any parse error. */
+    fprintf (stderr, "nbdsrv: -D (Debug Flag) must have the format "
+             "NAME.FLAG=N\n");
+    exit (EXIT_FAILURE);
+  }
   d = calloc (1, sizeof *d);
   if (d == NULL)
     die ("out of memory");
   d->name = strndup (arg, dot - arg);
   d->flag = strndup (dot + 1, eq - dot - 1);
-  d->value = (int) parse_uint_opt ("-D", eq + 1, 0, 0x7fffffff);
+  if (d->name == NULL || d->flag == NULL)
+    die ("out of memory");
+  d->value = value;
   d->next = debug_flags;
   debug_flags = d;
 }
 
-/* The server's own -D nbdkit.FLAG=N (nbdkit's names); others are
- * accepted and ignored, as nbdkit ignores flags it does not know.
+/* The server's own -D nbdkit.FLAG=N, nbdkit's names (nbdkit(1)); the
+ * backend.* ones change nothing here.  Returns false for a flag nbdkit
+ * does not have, which gets nbdkit's warning.
  */
-static void
+static bool
 server_debug_flag_set (const char *flag, int value)
 {
   if (strcmp (flag, "tls.session") == 0)
     cfg.tls_session_debug = value;
   else if (strcmp (flag, "tls.log") == 0)
     cfg.tls_log = value;
+  else if (strcmp (flag, "backend.controlpath") != 0 &&
+           strcmp (flag, "backend.datapath") != 0)
+    return false;
+  return true;
+}
+
+/* The variable -D NAME.FLAG=N sets: NAME_debug_FLAG with the dots in
+ * FLAG turned into underscores, as nbdkit spells it (so a name with a
+ * dash, which no C variable has, sets nothing there or here).
+ */
+static void
+debug_flag_symbol (char *buf, size_t n, const struct debug_flag *d)
+{
+  size_t name_len = strlen (d->name);
+
+  snprintf (buf, n, "%s_debug_%s", d->name, d->flag);
+  for (char *s = buf + (name_len < n ? name_len : n - 1); *s; s++)
+    if (*s == '.')
+      *s = '_';
 }
 
 static void
+warn (const char *fmt, ...) ATTRIBUTE_PRINTF (1, 2);
+static void
+warn (const char *fmt, ...)
+{
+  va_list args;
+
+  fputs ("nbdsrv: warning: ", stderr);
+  va_start (args, fmt);
+  vfprintf (stderr, fmt, args);
+  va_end (args);
+  fputc ('\n', stderr);
+}
+
+/* Set each flag in the plugin or filter NAME.  As nbdkit does, a flag
+ * for a variable the plugin lacks, then (once every name loaded has
+ * taken its flags) one that names nothing loaded, is a warning and the
+ * server still serves: scripts pass -D for an optional filter.
+ */
+static void
 apply_debug_flags (void)
 {
-  for (struct debug_flag *d = debug_flags; d; d = d->next) {
-    if (strcmp (d->name, "nbdkit") == 0 || strcmp (d->name, "nbdsrv") == 0) {
-      server_debug_flag_set (d->flag, d->value);
+  char sym[256];
+  struct debug_flag *d;
+
+  for (d = debug_flags; d; d = d->next) {
+    bool server = strcmp (d->name, "nbdkit") == 0 ||
+      strcmp (d->name, "nbdsrv") == 0;
+
+    d->used = server || stack_dl_of (d->name) != NULL;
+    if (!d->used || (server && server_debug_flag_set (d->flag, d->value)))
       continue;
-    }
-    if (stack_dl_of (d->name) == NULL)
-      die ("-D %s.%s: no plugin or filter called '%s' is loaded",
-           d->name, d->flag, d->name);
-    if (plugin_debug_flag_set (d->name, d->flag, d->value) == -1)
-      exit (EXIT_FAILURE);
+    debug_flag_symbol (sym, sizeof sym, d);
+    if (server || plugin_debug_flag_set (d->name, sym, d->value) == -1)
+      warn ("-D %s.%s: %s does not contain a global variable called %s",
+            d->name, d->flag, d->name, sym);
   }
+  for (d = debug_flags; d; d = d->next)
+    if (!d->used)
+      warn ("debug flag -D %s.%s was not used", d->name, d->flag);
 }
 
 static void

@@ -349,23 +349,17 @@ plugin_list_exports (bool readonly, struct nbdkit_exports *exports)
   return nbdkit_use_default_export (exports);
 }
 
-/* -D NAME.FLAG=N sets the plugin's global int NAME_debug_FLAG. */
+/* -D NAME.FLAG=N: set the global int SYM (NAME_debug_FLAG) of the
+ * plugin or filter NAME, which is loaded.  Returns -1 if it has no such
+ * variable; the caller warns.
+ */
 int
-plugin_debug_flag_set (const char *name, const char *flag, int value)
+plugin_debug_flag_set (const char *name, const char *sym, int value)
 {
-  char sym[256];
-  int *var;
+  int *var = dlsym (stack_dl_of (name), sym);
 
-  snprintf (sym, sizeof sym, "%s_debug_%s", name, flag);
-  for (char *s = sym; *s; s++)
-    if (*s == '-' || *s == '.')
-      *s = '_';
-  var = dlsym (stack_dl_of (name), sym);
-  if (var == NULL) {
-    fprintf (stderr, "nbdsrv: error: -D %s.%s: the plugin has no debug "
-             "flag '%s' (no symbol %s)\n", name, flag, flag, sym);
+  if (var == NULL)
     return -1;
-  }
   *var = value;
   return 0;
 }
