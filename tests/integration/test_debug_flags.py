@@ -72,3 +72,23 @@ def test_debug_flags_warn_in_order():
         "variable called memory_debug_z",
         "PROG: warning: debug flag -D a.y was not used",
         "PROG: warning: debug flag -D b.y was not used"]
+
+
+def test_debug_flag_for_a_filter():
+    """A loaded filter takes its flags as the plugin does: a variable it
+    lacks is the 'does not contain' warning, not 'was not used'."""
+    out = {}
+    for impl in ("nbdsrv", "nbdkit"):
+        p = subprocess.run([BINARIES[impl], "-U", "-", "--filter=delay",
+                            "-D", "delay.x=1", "-D", "nope.z=1", "memory",
+                            "1M", "--run", RUN], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=60)
+        out[impl] = (p.returncode, p.stdout,
+                     p.stderr.replace(impl + ":", "PROG:"))
+    assert out["nbdsrv"] == out["nbdkit"]
+    assert out["nbdsrv"] == (0, "1048576\n",
+                             "PROG: warning: -D delay.x: delay does not "
+                             "contain a global variable called "
+                             "delay_debug_x\n"
+                             "PROG: warning: debug flag -D nope.z was not "
+                             "used\n")
