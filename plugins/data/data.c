@@ -30,6 +30,7 @@
 /* The parser lives in format.c (built beside this file, see
  * plugins/meson.build) so unit tests and fuzzers can compile it alone.
  */
+#include "allocator.h"
 #include "format.h"
 #include "iszero.h"
 #include "page-extents.h"
@@ -52,6 +53,13 @@ static pthread_rwlock_t store_lock = PTHREAD_RWLOCK_INITIALIZER;
 static const char *source_key;  /* "data", "raw" or "base64" */
 static const char *source_value;
 static int64_t size = -1;       /* size=, -1 if not given */
+
+/* allocator=, as in the memory plugin: with malloc or zstd the disk is
+ * in STORE (opened once the size is known) instead of the pages above.
+ */
+static const char *allocator_value = "sparse";
+static struct allocator_spec allocator;
+static const struct allocator_ops *store;       /* owned */
 
 /* Every other key=value is a variable for $NAME. */
 struct data_var {
@@ -131,13 +139,15 @@ store_drop (uint64_t pageno)
   nr_pages--;
 }
 
-/* Caller holds the write lock. */
+/* Caller holds the write lock (or has a STORE, which locks itself). */
 static int
 store_write (const unsigned char *in, uint64_t count, uint64_t offset)
 {
   uint64_t n;
   unsigned char *page;
 
+  if (store)
+    return store->write (in, count, offset);
   while (count > 0) {
     n = DATA_PAGE_SIZE - (offset & DATA_PAGE_MASK);
     if (n > count)
@@ -160,17 +170,19 @@ store_write (const unsigned char *in, uint64_t count, uint64_t offset)
 /* Caller holds the write lock.  Only allocated pages are visited, so
  * zeroing a huge range of a sparse disk is cheap.
  */
-static void
+static int
 store_zero (uint64_t count, uint64_t offset)
 {
   uint64_t end = offset + count, page_start, from, to;
   size_t i = store_search (offset >> DATA_PAGE_BITS);
   unsigned char *bytes;
 
+  if (store)
+    return store->zero (count, offset);
   while (i < nr_pages) {
     page_start = pages[i].pageno << DATA_PAGE_BITS;
     if (page_start >= end)
-      return;
+      break;
     from = offset > page_start ? offset - page_start : 0;
     to = end - page_start < DATA_PAGE_SIZE ? end - page_start
       : DATA_PAGE_SIZE;
@@ -181,6 +193,7 @@ store_zero (uint64_t count, uint64_t offset)
     else
       i++;
   }
+  return 0;
 }
 
 static void
@@ -192,17 +205,16 @@ data_unload (void)
     free (pages[i].bytes);
   free (pages);
   free (vars);
+  if (store)
+    store->close ();
 }
 
 static void
 data_dump_plugin (void)
 {
   printf ("data_base64=yes\n");
-  /* Asked for by scripts before choosing an allocator; only the
-   * sparse one exists here.
-   */
-  printf ("mlock=no\n");
-  printf ("zstd=no\n");
+  /* Asked for by scripts before choosing an allocator. */
+  printf ("%s", ALLOCATOR_DUMP_PLUGIN);
 }
 
 static int
@@ -226,11 +238,8 @@ data_config (const char *key, const char *value)
     return size == -1 ? -1 : 0;
   }
   if (strcmp (key, "allocator") == 0) {
-    if (strcmp (value, "sparse") == 0)
-      return 0;
-    nbdkit_error ("allocator=%s is not supported: this plugin only has "
-                  "allocator=sparse, drop the parameter", value);
-    return -1;
+    allocator_value = value;    /* parsed once all are given */
+    return 0;
   }
 
   /* Anything else may be used as $KEY in data=. */
@@ -311,13 +320,36 @@ data_load_format (const struct data_format *f, uint64_t disk_size)
       continue;
     len = w->len < disk_size - w->offset ? w->len : disk_size - w->offset;
     /* A lone zero byte is written, as nbdkit does; runs are zeroed. */
-    if (w->kind == DATA_WRITE_ZERO && w->len > 1)
-      store_zero (len, w->offset);
+    if (w->kind == DATA_WRITE_ZERO && w->len > 1) {
+      if (store_zero (len, w->offset) == -1)
+        return -1;
+    }
     else if (store_write (w->kind == DATA_WRITE_ZERO ? &zero : w->bytes,
                           len, w->offset) == -1)
       return -1;
   }
   return 0;
+}
+
+/* With allocator=malloc or zstd, open the store for a disk of SIZE. */
+static int
+data_open_store (void)
+{
+  if (allocator.kind == ALLOCATOR_SPARSE)
+    return 0;
+  store = allocator_open (&allocator, size);
+  return store ? 0 : -1;
+}
+
+/* Write the LEN bytes of raw= or base64= at the start of the disk. */
+static int
+data_load_bytes (const unsigned char *bytes, size_t len)
+{
+  if (size == -1)
+    size = len;
+  if (data_open_store () == -1)
+    return -1;
+  return store_write (bytes, (uint64_t) size < len ? (size_t) size : len, 0);
 }
 
 static int
@@ -333,6 +365,8 @@ data_config_complete (void)
                   "(for example data='1 2 3')");
     return -1;
   }
+  if (allocator_spec_parse (allocator_value, &allocator) == -1)
+    return -1;
 
   if (strcmp (source_key, "data") == 0) {
     if (data_format_parse (source_value, data_lookup, NULL, &f) == -1) {
@@ -345,7 +379,9 @@ data_config_complete (void)
       data_ast_dump (&f);
     if (size == -1)
       size = f.size;
-    r = data_load_format (&f, size);
+    r = data_open_store ();
+    if (r == 0)
+      r = data_load_format (&f, size);
     data_format_free (&f);
     return r;
   }
@@ -361,24 +397,17 @@ data_config_complete (void)
     return -1;
   }
 
-  if (strcmp (source_key, "raw") == 0) {
-    len = strlen (source_value);
-    r = store_write ((const unsigned char *) source_value,
-                     size >= 0 && (uint64_t) size < len ? (size_t) size : len, 0);
+  if (strcmp (source_key, "raw") == 0)
+    return data_load_bytes ((const unsigned char *) source_value,
+                            strlen (source_value));
+  if (data_base64_decode (source_value, &bytes, &len) == -1) {
+    nbdkit_error ("base64 parameter is not valid base64: use only "
+                  "A-Z a-z 0-9 + / with '=' padding to a multiple of "
+                  "4 characters");
+    return -1;
   }
-  else {
-    if (data_base64_decode (source_value, &bytes, &len) == -1) {
-      nbdkit_error ("base64 parameter is not valid base64: use only "
-                    "A-Z a-z 0-9 + / with '=' padding to a multiple of "
-                    "4 characters");
-      return -1;
-    }
-    r = store_write (bytes,
-                     size >= 0 && (uint64_t) size < len ? (size_t) size : len, 0);
-    free (bytes);
-  }
-  if (size == -1)
-    size = len;
+  r = data_load_bytes (bytes, len);
+  free (bytes);
   return r;
 }
 
@@ -387,7 +416,8 @@ data_config_complete (void)
   "raw=<BINARY>      Disk contents as raw bytes.\n" \
   "base64=<BASE64>   Disk contents in base64.\n" \
   "size=<SIZE>       Truncate or extend the disk to SIZE.\n" \
-  "allocator=sparse  Storage strategy (only sparse is available)."
+  "allocator=sparse|malloc[,mlock=true]|zstd\n" \
+  "                  How the disk is kept (default sparse)."
 
 static void *
 data_open (int readonly)
@@ -433,6 +463,8 @@ data_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
   unsigned char *out = buf, *page;
   uint32_t n;
 
+  if (store)
+    return store->read (buf, count, offset);
   pthread_rwlock_rdlock (&store_lock);
   while (count > 0) {
     n = DATA_PAGE_SIZE - (offset & DATA_PAGE_MASK);
@@ -457,6 +489,8 @@ data_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
 {
   int r;
 
+  if (store)
+    return store->write (buf, count, offset);   /* locks itself */
   pthread_rwlock_wrlock (&store_lock);
   r = store_write (buf, count, offset);
   pthread_rwlock_unlock (&store_lock);
@@ -472,10 +506,14 @@ data_flush (void *handle, uint32_t flags)
 static int
 data_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
+  int r;
+
+  if (store)
+    return store->zero (count, offset);         /* locks itself */
   pthread_rwlock_wrlock (&store_lock);
-  store_zero (count, offset);
+  r = store_zero (count, offset);
   pthread_rwlock_unlock (&store_lock);
-  return 0;
+  return r;
 }
 
 static int
@@ -510,6 +548,8 @@ data_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
 {
   int r;
 
+  if (store)
+    return store->extents (extents, count, offset, flags, size);
   pthread_rwlock_rdlock (&store_lock);
   r = page_extents_add (extents, count, offset, flags, size, DATA_PAGE_SIZE,
                         data_area_type);

@@ -1,4 +1,6 @@
 /* nbdsrv memory plugin: a sparse RAM disk that is discarded on exit.
+ * (allocator=malloc and allocator=zstd keep it in the shared stores of
+ * common/allocators/ instead; what follows is the default, sparse.)
  *
  * The disk is split into 32 KiB pages.  Pages are reached through an
  * eight level radix tree of 64-slot nodes (6 bits per level, 48 bits
@@ -35,6 +37,7 @@
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 #include <nbdkit-plugin.h>
 
+#include "allocator.h"
 #include "iszero.h"
 #include "page-extents.h"
 #include "write-target.h"
@@ -56,6 +59,14 @@ struct mem_node {
 
 static int64_t size = -1;               /* virtual disk size, -1 = unset */
 static struct mem_node *root;           /* owned, created in get_ready */
+
+/* allocator=: the value given, what it says, and (for malloc and zstd)
+ * the store opened in get_ready, which then holds the disk instead of
+ * the tree below.  NULL store: the default sparse tree.
+ */
+static const char *allocator_value = "sparse";
+static struct allocator_spec allocator;
+static const struct allocator_ops *store;       /* owned */
 
 /* Readers (pread, extents) share the tree; writers (pwrite, trim,
  * zero) change it.  Writers are preferred so that a stream of reads
@@ -227,6 +238,8 @@ mem_node_free (struct mem_node *node, int level)
 static void
 memory_unload (void)
 {
+  if (store)
+    store->close ();
   mem_node_free (root, 0);
   root = NULL;
   while (nspare > 0)
@@ -238,11 +251,8 @@ memory_unload (void)
 static void
 memory_dump_plugin (void)
 {
-  /* nbdkit scripts probe these two keys before choosing an allocator;
-   * we only have the sparse one, so both answer no.
-   */
-  printf ("mlock=no\n");
-  printf ("zstd=no\n");
+  /* nbdkit scripts probe these keys before choosing an allocator. */
+  printf ("%s", ALLOCATOR_DUMP_PLUGIN);
 }
 
 static int
@@ -255,11 +265,8 @@ memory_config (const char *key, const char *value)
     return 0;
   }
   if (strcmp (key, "allocator") == 0) {
-    if (strcmp (value, "sparse") == 0)
-      return 0;
-    nbdkit_error ("allocator=%s is not supported: this plugin only has "
-                  "allocator=sparse, drop the parameter", value);
-    return -1;
+    allocator_value = value;    /* parsed once all are given */
+    return 0;
   }
   nbdkit_error ("unknown parameter '%s'", key);
   return -1;
@@ -272,12 +279,13 @@ memory_config_complete (void)
     nbdkit_error ("size=<SIZE> is required: for example 'memory 1G'");
     return -1;
   }
-  return 0;
+  return allocator_spec_parse (allocator_value, &allocator);
 }
 
 #define memory_config_help \
   "size=<SIZE>   (required) Virtual size of the RAM disk.\n" \
-  "allocator=sparse         Storage strategy (only sparse is available)."
+  "allocator=sparse|malloc[,mlock=true]|zstd\n" \
+  "                         How the disk is kept (default sparse)."
 
 static int
 memory_get_ready (void)
@@ -297,6 +305,10 @@ memory_get_ready (void)
   }
   tree_lock_ready = true;
 
+  if (allocator.kind != ALLOCATOR_SPARSE) {
+    store = allocator_open (&allocator, size);
+    return store ? 0 : -1;
+  }
   root = calloc (1, sizeof *root);
   if (root == NULL) {
     nbdkit_error ("calloc: %m");
@@ -352,6 +364,8 @@ memory_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
   uint32_t n;
   char *page;
 
+  if (store)
+    return store->read (buf, count, offset);
   pthread_rwlock_rdlock (&tree_lock);
   while (count > 0) {
     n = MEM_PAGE_SIZE - (offset & MEM_PAGE_MASK);
@@ -379,6 +393,8 @@ memory_pwrite (void *handle, const void *buf, uint32_t count,
   uint32_t n;
   char *page;
 
+  if (store)
+    return store->write (buf, count, offset);
   pthread_rwlock_wrlock (&tree_lock);
   while (count > 0) {
     n = MEM_PAGE_SIZE - (offset & MEM_PAGE_MASK);
@@ -449,7 +465,8 @@ nbdsrv_write_target (void *handle, uint32_t count, uint64_t offset,
   struct mem_staged *st;
   uint64_t pos = offset;
 
-  if (npages == 0 || npages > (uint64_t) *iovcnt)
+  /* Only the sparse tree can take a write's pages whole at commit. */
+  if (store || npages == 0 || npages > (uint64_t) *iovcnt)
     return -1;
   st = malloc (sizeof *st + npages * sizeof st->page[0]);
   if (st == NULL)
@@ -603,6 +620,8 @@ memory_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   bool give_back = false;
 
+  if (store)
+    return store->zero (count, offset);
   pthread_rwlock_wrlock (&tree_lock);
   mem_range_zero (count, offset);
   if (freed_bytes >= MEM_TRIM_THRESHOLD) {
@@ -648,6 +667,8 @@ memory_extents (void *handle, uint32_t count, uint64_t offset,
 {
   int r;
 
+  if (store)
+    return store->extents (extents, count, offset, flags, size);
   pthread_rwlock_rdlock (&tree_lock);
   r = page_extents_add (extents, count, offset, flags, size, MEM_PAGE_SIZE,
                         mem_area_type);
@@ -657,7 +678,7 @@ memory_extents (void *handle, uint32_t count, uint64_t offset,
 
 static struct nbdkit_plugin plugin = {
   .name              = "memory",
-  .longname          = "nbdsrv sparse RAM disk plugin",
+  .longname          = "nbdsrv RAM disk plugin",
   .version           = "0.1.0",
   .unload            = memory_unload,
   .dump_plugin       = memory_dump_plugin,
