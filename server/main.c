@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 
@@ -31,13 +32,14 @@
 
 struct server_config cfg = {
   .ipfamily = AF_UNSPEC,
-  .threads = 16,
+  .threads = 16,                /* -t 0 means this too */
   .handshake_timeout = 60,
   .mask_handshake = ~0u,
   .tls = TLS_UNSET,
 };
 
 static const char *user, *group;
+static bool swap;                       /* --swap */
 
 /* -D NAME.FLAG=N, applied once the plugin is loaded. */
 struct debug_flag {
@@ -390,8 +392,7 @@ parse_option (int c, const char *arg)
   case OPT_LONG_OPTIONS:
     probe_long_options (long_opts);
     exit (EXIT_SUCCESS);
-  case OPT_SWAP:
-    die ("--swap is not supported: drop it, or use nbdkit");
+  case OPT_SWAP: swap = true; break;
   case OPT_TIMEOUT:
     cfg.handshake_timeout = parse_uint_opt ("--timeout", arg, 0, 86400);
     break;
@@ -713,6 +714,12 @@ main (int argc, char **argv)
   }
   check_option_combinations ();
   lookup_user_group ();
+  /* --swap: the disk may be this machine's swap, so the server must
+   * never wait for its own pages to be swapped in (as nbdkit).
+   */
+  if (swap && mlockall (MCL_CURRENT | MCL_FUTURE) == -1)
+    die ("--swap: mlockall: %m: run as root or raise the locked memory "
+         "limit (ulimit -l)");
   log_open ();
   configure_plugin (argc - optind, argv + optind);
   /* As nbdkit 1.32: stdin and stdout are the plugin's up to get_ready

@@ -41,7 +41,7 @@ nbdkit_parse_size (const char *str)
   if (end == str) {
     nbdkit_error ("could not parse size string (%s): "
                   "expected a number with an optional suffix "
-                  "b, k, M, G, T, P or E", str);
+                  "b, s, k, M, G, T, P or E", str);
     return -1;
   }
   if (n < 0) {
@@ -55,9 +55,12 @@ nbdkit_parse_size (const char *str)
     return -1;
   }
 
-  /* Suffixes are powers of 1024, either case, one letter only. */
+  /* Suffixes are powers of 1024, or s for 512-byte sectors, either
+   * case, one letter only.
+   */
   switch (*end) {
   case '\0': case 'b': case 'B': shift = 0; break;
+  case 's': case 'S': shift = 9; break;
   case 'k': case 'K': shift = 10; break;
   case 'm': case 'M': shift = 20; break;
   case 'g': case 'G': shift = 30; break;
@@ -68,7 +71,7 @@ nbdkit_parse_size (const char *str)
   }
   if (shift == -1 || (*end != '\0' && end[1] != '\0')) {
     nbdkit_error ("could not parse size: unknown suffix '%s': "
-                  "use b, k, M, G, T, P or E", end);
+                  "use b, s (512-byte sectors), k, M, G, T, P or E", end);
     return -1;
   }
   if (n > (INT64_MAX >> shift)) {

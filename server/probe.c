@@ -6,8 +6,9 @@
  * required"), so those keys, and version=, name the nbdkit release
  * whose plugin API and command line nbdsrv implements (1.32.5);
  * nbdsrv's own release is nbdsrv_version=.  Features that release has
- * and nbdsrv lacks have keys of their own (selinux=no, zstd=no), as
- * in nbdkit.  docs/nbdsrv.md says the same.
+ * and nbdsrv lacks would have keys of their own (tls=, selinux=,
+ * zstd=), as in nbdkit; all three exist now and say yes.
+ * docs/nbdsrv.md says the same.
  */
 #include "config.h"
 
@@ -63,13 +64,13 @@ probe_dump_config (void)
   /* nbdkit's directory, so certificates set up for nbdkit serve. */
   printf ("root_tls_certificates_dir=%s\n", TLS_ROOT_CERTIFICATES_DIR);
   printf ("sbindir=%s\n", SBINDIR);
-  printf ("selinux=no\n");
+  printf ("selinux=yes\n");
   printf ("sysconfdir=%s\n", SYSCONFDIR);
   printf ("tls=yes\n");
   printf ("version=%s\n", NBDKIT_VERSION_STRING);
   printf ("version_major=%d\n", NBDKIT_VERSION_MAJOR);
   printf ("version_minor=%d\n", NBDKIT_VERSION_MINOR);
-  printf ("zstd=no\n");
+  printf ("zstd=yes\n");
 }
 
 /* The server's line; with the stack loaded, also "NAME [VERSION]" for

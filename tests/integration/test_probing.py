@@ -85,12 +85,12 @@ def test_dump_config_has_nbdkits_keys():
         (theirs["host_cpu"], theirs["host_os"])
     assert ours["name"] == "nbdsrv"
     assert os.path.samefile(ours["binary"], NBDSRV)
-    # Features nbdsrv does not have are not claimed; TLS it has, with
-    # nbdkit's certificate directory.
-    assert (ours["selinux"], ours["zstd"]) == ("no",) * 2
+    # TLS, with nbdkit's certificate directory, --selinux-label and
+    # allocator=zstd (test_nbdkit_habits.py) exist, as in nbdkit.
     assert ours["tls"] == theirs["tls"] == "yes"
     assert ours["root_tls_certificates_dir"] == \
         theirs["root_tls_certificates_dir"]
+    assert (ours["selinux"], ours["zstd"]) == ("yes", "yes")
 
 
 def test_dump_config_plugindir_lists_loadable_plugins():

@@ -35,6 +35,12 @@ static const struct {
   { "08", OK (8) },
   { "1b", OK (1) },
   { "1B", OK (1) },
+  { "1s", OK (512) },           /* 512-byte sectors, as nbdkit */
+  { "3S", OK (1536) },
+  { "0s", OK (0) },
+  { "18014398509481983s", OK (INT64_C (18014398509481983) * 512) },
+  { "18014398509481984s", FAIL ("overflow computing size") },
+  { "1ss", FAIL ("unknown suffix 'ss'") },
   { "1k", OK (1024) },
   { "1K", OK (1024) },
   { "2m", OK (2 * 1048576) },
