@@ -355,7 +355,11 @@ parse_option (int c, const char *arg)
     if (cfg.threads == 0)
       cfg.threads = 16;
     break;
-  case 'U': cfg.unixsocket = arg; break;
+  case 'U':
+    if (*arg == '\0')
+      die ("-U needs a socket path (or - for a private one)");
+    cfg.unixsocket = arg;
+    break;
   case 'u': user = arg; break;
   case 'v': cfg.verbose = true; break;
   case 'V': version = true; break;
@@ -373,8 +377,9 @@ parse_option (int c, const char *arg)
   case OPT_KEEPALIVE: cfg.keepalive = true; break;
   case OPT_LOG: set_log (arg); log_given = true; break;
   case OPT_MASK_HANDSHAKE:
+    /* Any 32-bit mask, as nbdkit; only the low 16 bits mean anything. */
     cfg.mask_handshake = parse_uint_opt ("--mask-handshake", arg, 0,
-                                         0xffff);
+                                         0xffffffff);
     break;
   case OPT_METRICS: metrics_where = arg; break;
   case OPT_MAX_CONNECTIONS:
@@ -649,7 +654,8 @@ bad_option_name (void)
 {
   static char buf[3];
 
-  if (optopt) {
+  /* A long option's optopt is its value above 255, not a letter. */
+  if (optopt > 0 && optopt < 256) {
     buf[0] = '-';
     buf[1] = optopt;
     return buf;

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -182,9 +183,10 @@ partitioning_config (const char *key, const char *value)
     return 0;
   }
   if (strcmp (key, "partition-type") == 0) {
-    if (strcmp (value, "mbr") == 0)
+    /* Either case, as nbdkit. */
+    if (strcasecmp (value, "mbr") == 0)
       part_type = PTABLE_MBR;
-    else if (strcmp (value, "gpt") == 0)
+    else if (strcasecmp (value, "gpt") == 0)
       part_type = PTABLE_GPT;
     else {
       nbdkit_error ("partition-type=%s: expected mbr or gpt", value);

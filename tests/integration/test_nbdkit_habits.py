@@ -79,3 +79,38 @@ def test_dump_config_offers_zstd_and_selinux_as_nbdkit():
     ours, theirs = keys("nbdsrv"), keys("nbdkit")
     for key in ("zstd", "selinux"):
         assert ours[key] == theirs[key] == "yes", key
+
+
+@pytest.mark.parametrize("args, size", [
+    (["--mask-handshake=65536", "memory", "1M"], 1048576),
+    (["--mask-handshake=4294967295", "memory", "1M"], 1048576),
+    (["partitioning", "/etc/hostname", "partition-type=MBR"], None),
+    (["partitioning", "/etc/hostname", "partition-type=Gpt"], None),
+])
+def test_more_accepted_like_nbdkit(args, size):
+    ours, theirs = run("nbdsrv", *args), run("nbdkit", *args)
+    assert ours == theirs and ours[0] == 0 and ours[2] == "", (ours, theirs)
+    if size is not None:
+        assert ours[1] == "%d\n" % size
+
+
+def test_empty_unix_socket_path_is_refused_like_nbdkit():
+    p = {impl: subprocess.run([BINARIES[impl], "-U", "", "memory", "1M",
+                               "--run", RUN], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=60)
+         for impl in BINARIES}
+    assert p["nbdsrv"].returncode == p["nbdkit"].returncode == 1
+    assert p["nbdsrv"].stdout == p["nbdkit"].stdout == ""
+    assert p["nbdsrv"].stderr == ("nbdsrv: error: -U needs a socket path "
+                                  "(or - for a private one)\n")
+
+
+def test_missing_value_of_a_long_option_is_named():
+    """nbdsrv said "option '-' needs a value" for a long option."""
+    p = subprocess.run([BINARIES["nbdsrv"], "-U", "-", "memory", "1M",
+                        "--run"], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert p.stderr == ("nbdsrv: error: option '--run' needs a value: see "
+                        "'nbdsrv --help'\n")
+
