@@ -629,6 +629,32 @@ option_read (struct connection *conn, uint32_t option, uint32_t len,
   return r;
 }
 
+/* -o: the oldstyle greeting (protocol rules, section 1): the default
+ * export's size and flags at once, no options, then transmission.
+ * Without options there are no structured replies, meta contexts or
+ * export names, as in nbdkit -o.
+ */
+static int
+handshake_oldstyle (struct connection *conn)
+{
+  struct {
+    uint64_t magic, version, size;
+    uint16_t gflags, eflags;
+    char zeroes[124];
+  } __attribute__ ((__packed__)) greeting = {
+    .magic = htobe64 (NBD_MAGIC),
+    .version = htobe64 (NBD_OLD_VERSION),
+  };
+
+  if (export_open (conn, "") == -1) {
+    server_error ("cannot open the default export: disconnecting");
+    return -1;
+  }
+  greeting.size = htobe64 (conn->exp.caps.size);
+  greeting.eflags = htobe16 (conn->exp.caps.eflags);
+  return send_all (conn, &greeting, sizeof greeting);
+}
+
 int
 handshake (struct connection *conn)
 {
@@ -641,6 +667,8 @@ handshake (struct connection *conn)
   uint32_t cflags;
   unsigned budget = OPTION_BUDGET;
 
+  if (cfg.oldstyle)
+    return handshake_oldstyle (conn);
   greeting.magic = htobe64 (NBD_MAGIC);
   greeting.version = htobe64 (NBD_NEW_VERSION);
   greeting.gflags = htobe16 (gflags);

@@ -43,6 +43,7 @@ struct server_config {
   unsigned max_connections;     /* --max-connections; 0 = no limit */
   bool foreground, readonly, single, vsock, no_sr, no_mc;
   bool print_uri, exit_with_parent, verbose, keepalive;
+  bool oldstyle;                /* -o: the oldstyle handshake */
   bool socket_activation;       /* LISTEN_FDS was set */
   const char *selinux_label;    /* --selinux-label, or NULL */
   /* -u/-g, looked up before the sockets are made (they are given to

@@ -341,10 +341,8 @@ parse_option (int c, const char *arg)
   case 'f': cfg.foreground = true; break;
   case 'g': group = arg; break;
   case 'i': cfg.ipaddr = arg; break;
-  case 'n': break;              /* newstyle is the default */
-  case 'o':
-    die ("-o/--oldstyle is not supported: clients use newstyle "
-         "(drop the option)");
+  case 'n': cfg.oldstyle = false; break;        /* the last one wins */
+  case 'o': cfg.oldstyle = true; break;
   case 'P': cfg.pidfile = arg; break;
   case 'p': cfg.port = arg; parse_uint_opt ("-p", arg, 0, 65535); break;
   case 'r': cfg.readonly = true; break;
