@@ -143,6 +143,16 @@ bound_port (int fd)
   return 0;
 }
 
+/* Put PORT into the IPv4 or IPv6 address SA. */
+static void
+set_port (struct sockaddr *sa, int port)
+{
+  if (sa->sa_family == AF_INET)
+    ((struct sockaddr_in *) sa)->sin_port = htons (port);
+  else if (sa->sa_family == AF_INET6)
+    ((struct sockaddr_in6 *) sa)->sin6_port = htons (port);
+}
+
 static int
 open_tcp (struct listeners *l)
 {
@@ -170,6 +180,11 @@ open_tcp (struct listeners *l)
     setsockopt (fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (a->ai_family == AF_INET6)
       setsockopt (fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    /* With -p 0 the kernel picks the first socket's port; the others
+     * (IPv4 beside IPv6) take the same, so that $uri reaches them all.
+     */
+    if (l->port != 0)
+      set_port (a->ai_addr, l->port);
     if (bind (fd, a->ai_addr, a->ai_addrlen) == -1 ||
         listen (fd, LISTEN_BACKLOG) == -1) {
       fprintf (stderr, "nbdsrv: error: cannot listen on %s port %s: %m%s\n",

@@ -194,3 +194,19 @@ def test_last_of_n_and_o_wins():
                                text=True, timeout=60, check=True)
             got[impl] = json.loads(p.stdout)["protocol"]
         assert got["nbdsrv"] == got["nbdkit"] == proto, (flags, got)
+
+
+def test_port_zero_is_one_port_for_every_address():
+    """-p 0: the kernel picks a port, and the IPv4 and IPv6 sockets share
+    it, so $uri (localhost, either family) reaches the server.  nbdkit
+    1.32 puts port 0 itself in $uri, which reaches nothing (or whatever
+    listens on 10809): nbdsrv differs on purpose (docs/nbdsrv.md)."""
+    p = subprocess.run([BINARIES["nbdsrv"], "-p", "0", "memory", "1M",
+                        "--run", 'echo "$port"; nbdinfo --size "$uri"; '
+                        'nbdinfo --size "nbd://127.0.0.1:$port"; '
+                        'nbdinfo --size "nbd://[::1]:$port"'],
+                       stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    port, *sizes = p.stdout.split()
+    assert int(port) > 0 and sizes == ["1048576"] * 3, p.stdout
