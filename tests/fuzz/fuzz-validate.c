@@ -58,7 +58,8 @@ take (struct reader *r, size_t n)
 static void
 check_validate (struct reader *in)
 {
-  struct validate_state st;
+  /* Zeroed: fields added since (extended headers) stay off. */
+  struct validate_state st = { 0 };
   struct nbd_request wire;
   struct request req;
   const char *why = NULL;
