@@ -294,6 +294,10 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "nbdkit_plugin: the test starts Debian's nbdkit with one "
         "of our plugins (deselected on a sanitized build)")
+    config.addinivalue_line(
+        "markers", "unsanitized: the test measures or locks the server's "
+        "memory, which ASan's shadow memory and its no-op mlock and "
+        "mlockall make meaningless (deselected on a sanitized build)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -303,14 +307,16 @@ def pytest_collection_modifyitems(config, items):
     preloaded it deadlocks at exit (in libp11-kit's destructor).  They
     run in the normal build; here they are deselected, not skipped, so
     the summary counts only tests that ran.  Tests that start nbdkit
-    with one of our plugins are marked nbdkit_plugin and go too."""
+    with one of our plugins are marked nbdkit_plugin and go too, and so
+    do those marked unsanitized."""
     if not sanitizer_runtimes():
         return
     keep, drop = [], []
     for item in items:
         params = getattr(item, "callspec", None)
         if (params is not None and params.params.get("impl") == "nbdkit"
-                or item.get_closest_marker("nbdkit_plugin")):
+                or item.get_closest_marker("nbdkit_plugin")
+                or item.get_closest_marker("unsanitized")):
             drop.append(item)
         else:
             keep.append(item)

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import BINARIES
+from conftest import BINARIES, server_env
 from util import block_status, connect, start_both
 
 MiB = 1024 * 1024
@@ -89,7 +89,7 @@ def run(impl, *args, pre=(), preexec_fn=None):
     p = subprocess.run(list(pre) + [BINARIES[impl], "-U", "-"] + list(args)
                        + ["--run", RUN], stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=60,
-                       preexec_fn=preexec_fn)
+                       preexec_fn=preexec_fn, env=server_env(impl))
     err = re.sub(r"(?m)^%s: (memory: |data: )?" % impl, "PROG: ", p.stderr)
     return p.returncode, p.stdout, err
 
@@ -154,6 +154,7 @@ def status_kib(pid, key):
     raise AssertionError("no %s in /proc/%d/status" % (key, pid))
 
 
+@pytest.mark.unsanitized
 def test_malloc_commits_and_locks_the_disk(server):
     """malloc takes the whole disk at start (so a disk that does not fit
     fails then), and mlock=true locks it, as in nbdkit."""
@@ -174,6 +175,7 @@ def test_malloc_too_big_fails_at_start():
                                          "allocator=malloc")[2]
 
 
+@pytest.mark.unsanitized
 def test_mlock_over_the_limit_fails_as_nbdkit():
     """Without CAP_IPC_LOCK (dropped here if we are root) and with a
     64 KiB locked-memory limit, 1 MiB cannot be locked."""
@@ -197,6 +199,7 @@ def fill(src_uri, dst_uri):
                    stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.unsanitized
 def test_zstd_keeps_a_compressible_disk_small(server):
     """128 MiB of nbdkit's pattern (each 8 bytes hold their offset)
     into allocator=zstd: the server grows by far less than the data,

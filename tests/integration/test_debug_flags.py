@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import BINARIES
+from conftest import BINARIES, server_env
 
 RUN = 'nbdinfo --size "$uri"'
 
@@ -44,7 +44,8 @@ def run(impl, *args):
     dflags = [a for arg in args for a in ("-D", arg)]
     p = subprocess.run([BINARIES[impl], "-U", "-"] + dflags + [
                         "memory", "1M", "--run", RUN], stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60,
+                       env=server_env(impl))
     return p.returncode, p.stdout, p.stderr.replace(impl + ":", "PROG:")
 
 

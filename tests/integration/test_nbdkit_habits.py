@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import BINARIES
+from conftest import BINARIES, server_env
 
 RUN = 'nbdinfo --size "$uri"'
 NO_IPC_LOCK = (["setpriv", "--bounding-set=-ipc_lock",
@@ -23,7 +23,7 @@ def run(impl, *args, pre=(), preexec_fn=None):
     p = subprocess.run(list(pre) + [BINARIES[impl], "-U", "-"] + list(args)
                        + ["--run", RUN], stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=60,
-                       preexec_fn=preexec_fn)
+                       preexec_fn=preexec_fn, env=server_env(impl))
     err = re.sub(r"(?m)^%s: (memory: )?" % impl, "PROG: ", p.stderr)
     return p.returncode, p.stdout, err
 
@@ -51,6 +51,7 @@ def limit_memlock():
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, 65536))
 
 
+@pytest.mark.unsanitized
 def test_swap_beyond_the_memlock_limit_fails_like_nbdkit():
     out = {impl: run(impl, "--swap", "memory", "1M", pre=NO_IPC_LOCK,
                      preexec_fn=limit_memlock) for impl in BINARIES}
