@@ -40,10 +40,25 @@ static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t state_changed = PTHREAD_COND_INITIALIZER;
 static unsigned connections;
 static bool exiting;
+static bool stopping;           /* unload: the poll thread must end */
 
+static pthread_t poll_thread;
+static bool poll_thread_started;
+
+/* The poll thread runs this filter's code: it must have ended before
+ * the filter is unmapped, or its next wake-up crashes the exiting
+ * server (Debian's nbdkit 1.32 does crash so, now and then).
+ */
 static void
 exitwhen_unload (void)
 {
+  if (poll_thread_started) {
+    pthread_mutex_lock (&state_lock);
+    stopping = true;
+    pthread_cond_signal (&state_changed);
+    pthread_mutex_unlock (&state_lock);
+    pthread_join (poll_thread, NULL);
+  }
   free (events);
 }
 
@@ -197,35 +212,32 @@ exitwhen_poll_thread (void *arg)
   struct timespec until;
 
   pthread_mutex_lock (&state_lock);
-  for (;;) {
+  while (!stopping) {
     exitwhen_check_locked ();
     clock_gettime (CLOCK_REALTIME, &until);
     until.tv_sec += poll_secs;
     while (pthread_cond_timedwait (&state_changed, &state_lock, &until) == 0
-           && connections > 0)
+           && connections > 0 && !stopping)
       ;
   }
+  pthread_mutex_unlock (&state_lock);
   return NULL;
 }
 
 static int
 exitwhen_after_fork (nbdkit_backend *nxdata)
 {
-  pthread_t thread;
-  pthread_attr_t attr;
   int err;
 
   if (n_events == 0)
     return 0;
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  err = pthread_create (&thread, &attr, exitwhen_poll_thread, NULL);
-  pthread_attr_destroy (&attr);
+  err = pthread_create (&poll_thread, NULL, exitwhen_poll_thread, NULL);
   if (err) {
     errno = err;
     nbdkit_error ("exitwhen: cannot start the polling thread: %m");
     return -1;
   }
+  poll_thread_started = true;
   return 0;
 }
 

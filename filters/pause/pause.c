@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,6 +19,9 @@
 
 static const char *control_path;        /* borrowed from the command line */
 static int control_fd = -1;
+static pthread_t control_thread;
+static bool control_thread_started;
+static _Atomic int client_fd = -1;      /* the control client, if any */
 
 /* Guards paused and running; gate changes when either does. */
 static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -72,13 +76,23 @@ pause_config_complete (nbdkit_next_config_complete *next,
   return next (nxdata);
 }
 
+/* The control thread runs this filter's code: end it before the
+ * filter is unmapped.  shutdown() wakes a blocked accept() (close()
+ * does not), and the same on the control client's socket wakes a
+ * blocked read().
+ */
 static void
 pause_unload (void)
 {
-  if (control_fd >= 0) {
-    close (control_fd);
-    unlink (control_path);
-  }
+  if (control_fd < 0)
+    return;
+  shutdown (control_fd, SHUT_RDWR);
+  if (atomic_load (&client_fd) >= 0)
+    shutdown (atomic_load (&client_fd), SHUT_RDWR);
+  if (control_thread_started)
+    pthread_join (control_thread, NULL);
+  close (control_fd);
+  unlink (control_path);
 }
 
 static char
@@ -128,10 +142,14 @@ pause_control_thread (void *arg)
     if (fd == -1) {
       if (errno == EINTR || errno == ECONNABORTED)
         continue;
-      nbdkit_error ("pause-control: accept: %m");
+      /* EINVAL: pause_unload shut the socket down. */
+      if (errno != EINVAL)
+        nbdkit_error ("pause-control: accept: %m");
       return NULL;
     }
+    atomic_store (&client_fd, fd);
     pause_serve_client (fd);
+    atomic_store (&client_fd, -1);
     close (fd);
   }
 }
@@ -142,19 +160,15 @@ pause_control_thread (void *arg)
 static int
 pause_after_fork (nbdkit_backend *nxdata)
 {
-  pthread_t thread;
-  pthread_attr_t attr;
   int err;
 
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  err = pthread_create (&thread, &attr, pause_control_thread, NULL);
-  pthread_attr_destroy (&attr);
+  err = pthread_create (&control_thread, NULL, pause_control_thread, NULL);
   if (err) {
     errno = err;
     nbdkit_error ("pause: cannot start the control thread: %m");
     return -1;
   }
+  control_thread_started = true;
   return 0;
 }
 
