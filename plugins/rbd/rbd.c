@@ -41,6 +41,7 @@ static unsigned timeout = RBD_TIMEOUT_DEFAULT;
 static char **rados_options;            /* rados-option=KEY=VALUE each */
 static size_t nr_rados_options;
 
+static char entity[256];                /* "client.ID", config_complete */
 static rados_t cluster;
 static pid_t cluster_pid;               /* process that connected */
 rados_ioctx_t rbdsrv_ioctx;
@@ -141,8 +142,20 @@ rbdsrv_config (const char *key, const char *value)
 static int
 rbdsrv_config_complete (void)
 {
+  const char *id = user ? user : "admin";
+
   if (pool != NULL)
     rbdsrv_pool_name = pool;
+  /* id= may be given with or without the "client." that Ceph puts in
+   * front of a user's name.
+   */
+  if (strncmp (id, "client.", 7) == 0)
+    id += 7;
+  if (snprintf (entity, sizeof entity, "client.%s", id) >=
+      (int) sizeof entity) {
+    nbdkit_error ("id=%s: too long for a Ceph user name", id);
+    return -1;
+  }
   if (image != NULL && strchr (image, '@') != NULL) {
     nbdkit_error ("image=%s: give the snapshot with snap=, not after '@'",
                   image);
@@ -241,20 +254,18 @@ rbdsrv_cluster_configure (rados_t c)
 static void
 rbdsrv_cluster_connect_error (int r)
 {
-  const char *who = user ? user : "admin";
-
   errno = -r;
   if (r == -ETIMEDOUT)
     nbdkit_error ("cannot reach the Ceph monitors within %u s: check "
                   "mon_host= or conf=, and that the cluster is up", timeout);
   else if (r == -ENOENT)
-    nbdkit_error ("no key for client.%s: give keyring= (a file holding "
-                  "that user's key) or set keyring in ceph.conf", who);
+    nbdkit_error ("no key for %s: give keyring= (a file holding "
+                  "that user's key) or set keyring in ceph.conf", entity);
   else if (r == -EACCES || r == -EPERM)
-    nbdkit_error ("the cluster refused client.%s: check id= and that "
-                  "keyring= holds its key", who);
+    nbdkit_error ("the cluster refused %s: check id= and that "
+                  "keyring= holds its key", entity);
   else
-    nbdkit_error ("cannot connect to the Ceph cluster as client.%s: %m", who);
+    nbdkit_error ("cannot connect to the Ceph cluster as %s: %m", entity);
 }
 
 /* The pool, then the namespace in it. */
@@ -298,17 +309,13 @@ rbdsrv_cluster_open_pool (rados_t c, rados_ioctx_t *ioctx)
 static int
 rbdsrv_cluster_connect (void)
 {
-  char name[256];
   rados_t c;
   int r;
 
-  snprintf (name, sizeof name, "client.%s", user ? user : "admin");
-  if (strncmp (user ? user : "", "client.", 7) == 0)
-    snprintf (name, sizeof name, "%s", user);
-  r = rados_create2 (&c, "ceph", name, 0);
+  r = rados_create2 (&c, "ceph", entity, 0);
   if (r < 0) {
     errno = -r;
-    nbdkit_error ("rados_create2 %s: %m", name);
+    nbdkit_error ("rados_create2 %s: %m", entity);
     return -1;
   }
   if (rbdsrv_cluster_configure (c) == -1)
