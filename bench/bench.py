@@ -1186,6 +1186,37 @@ def versions(ctx):
     }
 
 
+# ---------------------------------------------------------------- rbd
+
+def run_rbd(ctx, want):
+    """The rbd section (bench/rbd_bench.py), or None when not wanted.
+    It needs a Ceph cluster, so it has its own table and targets."""
+    if want == "no":
+        return None
+    import rbd_bench
+    why = rbd_bench.unavailable()
+    if why:
+        log(ctx, "rbd: unavailable: " + why)
+        return {"unavailable": why}
+    try:
+        return rbd_bench.run(ctx)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        log(ctx, f"rbd: FAILED: {e}")
+        return {"unavailable": f"failed: {e}"}
+
+
+def print_rbd(rbd):
+    print()
+    if "unavailable" in rbd:
+        print("rbd: unavailable: " + rbd["unavailable"])
+        return
+    print(render(rbd["table"]))
+    for err in rbd["errors"]:
+        print("rbd: " + err)
+    print("\nrbd targets (ratios of medians):")
+    print(render_targets(rbd["targets"]))
+
+
 # ---------------------------------------------------------------- main
 
 def parse_args(argv):
@@ -1214,6 +1245,10 @@ def parse_args(argv):
     p.add_argument("--cases", metavar="KEY,...",
                    help="only these cases (" +
                         ", ".join(c.key for c in CASES) + ")")
+    p.add_argument("--rbd", choices=("yes", "no", "only"), default="yes",
+                   help="the rbd section: nbdsrv's rbd plugin against "
+                        "qemu-nbd on a throw-away Ceph cluster "
+                        "(bench/rbd_bench.py); default yes")
     args = p.parse_args(argv)
     if args.repeats is not None and not 1 <= args.repeats <= 10:
         p.error("--repeats must be between 1 and 10")
@@ -1289,17 +1324,27 @@ def main(argv):
         log(ctx, f"mode {ctx.mode}: {ctx.repeats} round(s), "
                  f"{ctx.runtime}s per run; nbdsrv {ctx.nbdsrv}; "
                  f"file plugin {ctx.nbdsrv_file_plugin}")
-        fill_image(ctx.image)
-        for spec in ctx.specs:
-            if spec.unavailable:
-                log(ctx, f"{spec.key}: unavailable: {spec.unavailable}")
-        run_all(ctx)
+        if args.rbd != "only":
+            fill_image(ctx.image)
+            for spec in ctx.specs:
+                if spec.unavailable:
+                    log(ctx, f"{spec.key}: unavailable: {spec.unavailable}")
+            run_all(ctx)
+        rbd = run_rbd(ctx, args.rbd)
     finally:
         if os.path.exists(ctx.image):
             os.unlink(ctx.image)
         shutil.rmtree(ctx.tmpdir, ignore_errors=True)
         reap_strays()
     info["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    if args.rbd == "only":
+        print_rbd(rbd)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"mode": ctx.mode, "repeats": ctx.repeats,
+                           "machine": info, "versions": versions(ctx),
+                           "rbd": rbd}, f, indent=1)
+        return 0
     summary, limits = summarise(ctx)
     rows = build_table(ctx, summary, limits)
     targets = evaluate_targets(summary)
@@ -1317,6 +1362,8 @@ def main(argv):
             print(f"{spec.key}: {err}")
     print("\ntargets (ratios of medians):")
     print(render_targets(targets))
+    if rbd is not None:
+        print_rbd(rbd)
     elapsed = time.monotonic() - ctx.t0
     print(f"\n{ctx.mode} mode, {ctx.repeats} round(s), {elapsed:.0f}s; "
           f"load average {' '.join(info['loadavg'])} at start, "
@@ -1338,6 +1385,7 @@ def main(argv):
             "table": rows,
             "table_markdown": render(rows, markdown=True),
             "targets": targets,
+            "rbd": rbd,
         }
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)

@@ -91,6 +91,20 @@ class CephCluster:
     def ceph(self, *args, **kw):
         return self.cli("ceph", *args, **kw)
 
+    def ceph_settled(self, *args, tries=10):
+        """A ceph command run just after the monitor changed the maps:
+        for a moment it may answer 'problem getting command
+        descriptions' (EPERM), seen now and then on a busy machine.
+        Tried again, TRIES times at most, half a second apart."""
+        for attempt in range(tries):
+            try:
+                return self.ceph(*args)
+            except RuntimeError as e:
+                if ("command descriptions" not in str(e)
+                        or attempt == tries - 1):
+                    raise
+                time.sleep(0.5)
+
     def rbd(self, *args, **kw):
         return self.cli("rbd", *args, **kw)
 
@@ -247,7 +261,7 @@ keyring = {d}/$name.keyring
                       "osd", "allow *", "-o", d + "/osd/ceph-0/keyring")
         self.cli("ceph-osd", "-i", "0", "--mkfs", "--osd-uuid", osd_uuid)
         self.start_osd()
-        self.ceph("osd", "pool", "create", POOL, str(PG_NUM))
+        self.ceph_settled("osd", "pool", "create", POOL, str(PG_NUM))
         self.rbd("pool", "init", POOL)
         self.wait_active()
         if self.cephx:
