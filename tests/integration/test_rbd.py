@@ -203,6 +203,13 @@ def test_two_servers_one_image(server, ceph):
     hb.flush()
     assert ha.pread(4096, 8192) == b"2" * 4096
     assert ha.pread(4096, 0) == b"1" * 4096
+    # A large read asks block status first (to send holes as holes):
+    # an object the other server just created must not read as one.
+    assert hb.pread(MiB, 2 * OBJECT) == bytes(MiB)
+    ha.pwrite(b"3" * MiB, 2 * OBJECT)
+    ha.flush()
+    assert hb.pread(MiB, 2 * OBJECT) == b"3" * MiB
+    assert block_status(hb, OBJECT, 2 * OBJECT) == [OBJECT, 0]
 
 
 def test_multi_conn_one_server(server, ceph, tmp_path):
