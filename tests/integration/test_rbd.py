@@ -7,7 +7,9 @@ import hashlib
 import itertools
 import json
 import os
+import signal
 import subprocess
+import time
 
 import nbd
 import pytest
@@ -266,6 +268,38 @@ def test_namespace(server, ceph):
     spec = "%s/ns1/%s" % (POOL, inside)
     assert inside not in ceph.rbd("ls", POOL).split()
     assert "2 MiB" in ceph.rbd("info", spec)
+
+
+def test_background(ceph, tmp_path):
+    """Without -f the server forks after connecting to the cluster,
+    and librados's threads stay behind in the parent: the plugin must
+    connect again in the child (after_fork) to serve."""
+    name = new_image(ceph, "1M")
+    sock, pidfile = str(tmp_path / "bg.sock"), str(tmp_path / "bg.pid")
+    proc = subprocess.run([NBDSRV, "-P", pidfile, "-U", sock, "rbd",
+                           "conf=" + ceph.conf, "image=" + name],
+                          capture_output=True, text=True,
+                          env=server_env("nbdsrv"), timeout=CMD_TIMEOUT,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    pid = int(open(pidfile).read())
+    try:
+        h = nbd.NBD()
+        h.connect_uri("nbd+unix:///?socket=" + sock)
+        h.pwrite(b"b" * 65536, 0)
+        h.flush()
+        assert h.pread(65536, 0) == b"b" * 65536
+        h.shutdown()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(CMD_TIMEOUT * 10):
+        if not os.path.exists("/proc/%d" % pid):
+            break
+        time.sleep(0.1)
+    assert not os.path.exists("/proc/%d" % pid), "daemon did not exit"
+    out = tmp_path / "export.raw"
+    ceph.rbd("export", "%s/%s" % (POOL, name), str(out))
+    assert out.read_bytes()[:65536] == b"b" * 65536
 
 
 # ------------------------------------------------------ bad start-ups
