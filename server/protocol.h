@@ -89,17 +89,15 @@ size_t blockstatus_encode (const struct nbdkit_extents *e,
                            uint64_t offset, uint64_t count, bool req_one,
                            bool ext, uint32_t meta, void *out, size_t max);
 
-/* blockstatus.c: how to answer a structured READ (R-18): runs of data
- * to read and send, and runs that read as zeroes, sent as OFFSET_HOLE
- * chunks.
+/* readplan.c: how to answer a structured READ (R-18): runs of data to
+ * send, and runs of zero bytes, sent as OFFSET_HOLE chunks.
  */
 struct read_piece {
   uint64_t offset;
   uint32_t length;
   bool hole;
 };
-size_t read_plan (const struct nbdkit_extents *e, uint64_t offset,
-                  uint32_t count, uint32_t min_hole,
-                  struct read_piece *out, size_t max);
+size_t read_plan (const char *buf, uint64_t offset, uint32_t count,
+                  uint32_t min_hole, struct read_piece *out, size_t max);
 
 #endif /* NBDSRV_PROTOCOL_H */

@@ -170,7 +170,7 @@ reply_read (struct connection *conn, bool batch, const struct request *r,
   return reply_send (conn, batch, iov, 2);
 }
 
-/* A successful READ as planned by read_plan (R-18): an OFFSET_DATA
+/* A successful READ as read_plan cut it (R-18): an OFFSET_DATA
  * chunk for each data piece, from BUF (which holds the request's whole
  * range), and an OFFSET_HOLE chunk for each hole, DONE on the last.
  * One write, so the chunks of the reply stay together (R-24).

@@ -123,45 +123,10 @@ test_ext (void)
          "REQ_ONE clips a 64-bit descriptor to the request");
 }
 
-/* R-18 beyond: which parts of a READ go out as holes. */
-static void
-test_read_plan (void)
-{
-  struct read_piece p[4];
-  size_t n;
-
-  extents_reset (&e, 0, MiB);
-  nbdkit_add_extent (&e, 0, 8192, HZ);          /* hole */
-  nbdkit_add_extent (&e, 8192, 4096, 0);        /* data */
-  nbdkit_add_extent (&e, 12288, 2048, NBDKIT_EXTENT_ZERO); /* short */
-  nbdkit_add_extent (&e, 14336, 2048, 0);
-  nbdkit_add_extent (&e, 16384, MiB - 16384, NBDKIT_EXTENT_ZERO);
-  n = read_plan (&e, 0, 65536, 4096, p, 4);
-  check (n == 3, "hole, data, zeroes: %zu pieces", n);
-  check (p[0].hole && p[0].offset == 0 && p[0].length == 8192,
-         "the leading hole");
-  check (!p[1].hole && p[1].offset == 8192 && p[1].length == 8192,
-         "a zero run under the minimum is sent as data, merged");
-  check (p[2].hole && p[2].offset == 16384 && p[2].length == 65536 - 16384,
-         "allocated zeroes read as zeroes too, clipped to the request");
-  n = read_plan (&e, 0, 65536, 4096, p, 2);
-  check (n == 2 && p[0].hole && !p[1].hole && p[1].length == 65536 - 8192,
-         "past the piece limit the rest is one data piece");
-  n = read_plan (&e, 0, 65536, 4096, p, 1);
-  check (n == 1 && !p[0].hole && p[0].length == 65536,
-         "one piece: all data");
-  extents_reset (&e, 0, MiB);
-  nbdkit_add_extent (&e, 0, 4096, HZ);
-  n = read_plan (&e, 0, 65536, 4096, p, 4);
-  check (n == 2 && p[0].hole && !p[1].hole && p[1].offset == 4096 &&
-         p[1].length == 61440, "extents that stop short leave data");
-}
-
 int
 main (void)
 {
   test_pins ();
-  test_read_plan ();
   test_add_rules ();
   test_split_long ();
   test_ext ();
