@@ -39,7 +39,7 @@
 
 struct tls_session {
   gnutls_session_t s;
-  int fd_in;
+  int fd_in, fd_out;            /* the same socket, or -s's pipes */
   bool refused_logged;          /* the refusal was logged (PSK lookup) */
   const char *psk_user;         /* borrowed (psk_users): known user */
   size_t record_max;            /* payload bytes per record we send */
@@ -541,6 +541,21 @@ pull (gnutls_transport_ptr_t ptr, void *buf, size_t n)
   return r;
 }
 
+/* GnuTLS's write: writev, not GnuTLS's sendmsg, so -s works on pipes
+ * too (SIGPIPE is ignored by main).
+ */
+static ssize_t
+push (gnutls_transport_ptr_t ptr, const giovec_t *iov, int iovcnt)
+{
+  struct tls_session *t = ptr;
+  ssize_t r;
+
+  do
+    r = writev (t->fd_out, (const struct iovec *) iov, iovcnt);
+  while (r == -1 && errno == EINTR);
+  return r;
+}
+
 /* For the handshake's time limit: wait up to MS for input. */
 static int
 pull_timeout (gnutls_transport_ptr_t ptr, unsigned ms)
@@ -556,7 +571,7 @@ pull_timeout (gnutls_transport_ptr_t ptr, unsigned ms)
 static int
 session_setup (struct tls_session *t, int fd_in, int fd_out)
 {
-  int r = gnutls_init (&t->s, GNUTLS_SERVER | GNUTLS_NO_SIGNAL);
+  int r = gnutls_init (&t->s, GNUTLS_SERVER);
 
   if (r < 0) {
     server_error ("TLS: cannot start a session: %s", gnutls_strerror (r));
@@ -578,12 +593,12 @@ session_setup (struct tls_session *t, int fd_in, int fd_out)
     server_error ("TLS: cannot set up a session: %s", gnutls_strerror (r));
     return -1;
   }
-  /* We read through rx (pull); GnuTLS writes to the descriptor. */
   t->fd_in = fd_in;
-  gnutls_transport_set_ptr2 (t->s, t,
-                             (gnutls_transport_ptr_t) (intptr_t) fd_out);
+  t->fd_out = fd_out;
+  gnutls_transport_set_ptr (t->s, t);
   gnutls_transport_set_pull_function (t->s, pull);
   gnutls_transport_set_pull_timeout_function (t->s, pull_timeout);
+  gnutls_transport_set_vec_push_function (t->s, push);
   return 0;
 }
 

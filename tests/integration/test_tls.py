@@ -762,3 +762,64 @@ def test_selinux_label_warns_without_selinux(server):
     assert log_lines(srv, "--selinux-label=system_u") == [
         "nbdsrv: warning: --selinux-label=system_u:object_r:svirt_socket_t"
         ":s0 ignored: SELinux is not enabled on this host"]
+
+
+def test_single_on_pipes(pki):
+    """-s served on pipes (as from inetd with a pipe pair), TLS through
+    them: GnuTLS's own transport uses socket calls, which pipes refuse,
+    so nbdsrv reads and writes itself.  nbdkit 1.32 fails here."""
+    p = subprocess.Popen([NBDSRV, "-s", *x509_args(pki), "memory",
+                          "size=1M"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ours, theirs = socket.socketpair()
+
+    def to_server():
+        """Client to server; ends at either side's close."""
+        try:
+            for _ in range(1 << 20):
+                data = ours.recv(65536)
+                if not data:
+                    break
+                # Unbuffered: a write the server never reads (it may
+                # exit before the client's close_notify) is not left
+                # behind for close() to fail on.
+                os.write(p.stdin.fileno(), data)
+            p.stdin.close()
+        except (OSError, ValueError):
+            pass
+
+    def from_server():
+        try:
+            for _ in range(1 << 20):
+                data = os.read(p.stdout.fileno(), 65536)
+                if not data:
+                    break
+                ours.sendall(data)
+            ours.shutdown(socket.SHUT_WR)
+        except (OSError, ValueError):
+            pass
+
+    relays = [threading.Thread(target=f, daemon=True)
+              for f in (to_server, from_server)]
+    for t in relays:
+        t.start()
+    try:
+        h = nbd.NBD()
+        h.set_tls(nbd.TLS_REQUIRE)
+        h.set_tls_certificates(pki.clients["good"])
+        h.connect_socket(theirs.detach())       # libnbd owns it now
+        h.pwrite(b"pipe" * 1024, 8192)
+        assert h.pread(4096, 8192) == b"pipe" * 1024
+        assert h.get_tls_negotiated()
+        h.shutdown()
+        del h                                   # closes the socket
+        assert p.wait(CLIENT_TIMEOUT) == 0
+        for t in relays:
+            t.join(CLIENT_TIMEOUT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        ours.close()
+        for f in (p.stdin, p.stdout, p.stderr):
+            f.close()
