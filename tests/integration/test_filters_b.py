@@ -718,3 +718,147 @@ def test_ddrescue_missing_mapfile(impl, tmp_path):
     assert status == 1
     assert "/nonexistent.map: ddrescue: fopen: No such file" in err, err
 
+
+# ---------------------------------------------------------------------
+# gzip, xz, tar
+
+def compressed(tmp_path, kind, size=3 * MiB + 4096, seed=5):
+    """A disk image that compresses somewhat, and its compressed file:
+    gzip by Python's module (two members, as `cat a.gz b.gz`), xz by
+    xz-utils with 1M blocks."""
+    rng = random.Random(seed)
+    data = b"".join(rng.randbytes(256) + bytes(3840)
+                    for _ in range(size // 4096))
+    data += rng.randbytes(size - len(data))
+    plain = tmp_path / "disk.img"
+    plain.write_bytes(data)
+    if kind == "gzip":
+        import gzip
+        half = len(data) // 2
+        out = tmp_path / "disk.img.gz"
+        out.write_bytes(gzip.compress(data[:half]) +
+                        gzip.compress(data[half:]))
+    else:
+        run(["xz", "-k", "-f", "--block-size=1MiB", str(plain)])
+        out = tmp_path / "disk.img.xz"
+    return str(out), data
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz"])
+def test_uncompress(server, impl, tmp_path, kind):
+    path, data = compressed(tmp_path, kind)
+    srv = start(server, impl, [kind], "file", path)
+    h = connect(srv)
+    if impl == "nbdkit" and kind == "gzip":
+        # nbdkit 1.32 stops at the end of the first gzip member (see the
+        # doc); gunzip, and ours, go on to the next.
+        assert h.get_size() == len(data) // 2
+        return
+    assert h.get_size() == len(data)
+    assert h.is_read_only() and h.can_cache()
+    assert errno_of(lambda: h.pwrite(b"x", 0)) != 0
+    # Reads inside, across and at the ends of blocks, in any order.
+    rng = random.Random(1)
+    for _ in range(40):
+        off = rng.randrange(0, len(data) - 1)
+        n = rng.randrange(1, min(3 * MiB, len(data) - off) + 1)
+        assert h.pread(n, off) == data[off:off + n]
+    h.cache(len(data), 0)
+    # The whole image through nbdcopy's parallel connections.
+    out = tmp_path / "copy.img"
+    run(["nbdcopy", srv.uri, str(out)])
+    assert sha(out.read_bytes()) == sha(data)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("gzip", "gzip: inflate: incorrect header check"),
+    ("xz", "xz: not an xz file"),
+])
+def test_uncompress_bad_file(server, impl, tmp_path, kind, message):
+    path, _ = disk_file(tmp_path, 64 * KiB)
+    srv = start(server, impl, [kind], "file", path)
+    h = nbd.NBD()
+    with pytest.raises(nbd.Error):
+        h.connect_uri(srv.uri)
+    assert message in srv.stderr_text()
+
+
+def test_xz_max_block(server, impl, tmp_path):
+    path, _ = compressed(tmp_path, "xz")
+    srv = start(server, impl, ["xz"], "file", path, "xz-max-block=512k")
+    with pytest.raises(nbd.Error):
+        nbd.NBD().connect_uri(srv.uri)
+    assert "xz file largest block is bigger than maxblock" in \
+        srv.stderr_text()
+
+
+@pytest.mark.parametrize("params,message", [
+    (["xz-max-depth=0"], "'xz-max-depth' parameter must be >= 1"),
+    (["xz-max-block=abc"], "could not parse size string (abc)"),
+])
+def test_xz_bad_parameter(impl, tmp_path, params, message):
+    status, err = config_error(impl, ["xz"], ["memory", "1M"] + params,
+                               tmp_path)
+    assert status == 1 and message in err, err
+
+
+def test_xz_max_depth_one(server, impl, tmp_path):
+    """With one block kept, reads that alternate between blocks still
+    read right."""
+    path, data = compressed(tmp_path, "xz")
+    srv = start(server, impl, ["xz"], "file", path, "xz-max-depth=1")
+    h = connect(srv)
+    for off in (0, 2 * MiB, 10, 2 * MiB + 10, MiB - 5):
+        assert h.pread(4096, off) == data[off:off + 4096]
+
+
+def make_tar(tmp_path, names):
+    """A tar of files NAMES (name: size) with random contents; returns
+    (tar path, {name: bytes})."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    contents = {}
+    for i, (name, size) in enumerate(names.items()):
+        data = random.Random(i).randbytes(size)
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(data)
+        contents[name] = data
+    tar = tmp_path / "t.tar"
+    run(["tar", "cf", str(tar), "--format=posix", "-C", str(tree)]
+        + list(names))
+    return str(tar), contents
+
+
+LONG_NAME = "d/" + "x" * 150 + ".img"
+
+
+@pytest.mark.parametrize("member", ["disk.img", LONG_NAME])
+def test_tar(server, impl, tmp_path, member):
+    tar, contents = make_tar(tmp_path, {"a.bin": 100000,
+                                        "disk.img": 2 * MiB + 100,
+                                        LONG_NAME: 70000})
+    srv = start(server, impl, ["tar"], "file", tar, "tar-entry=" + member)
+    h = connect(srv)
+    data = contents[member]
+    assert h.get_size() == len(data)
+    assert h.pread(len(data), 0) == data
+    # Writes land inside the member, and the tar stays valid.
+    h.pwrite(b"hello", 10)
+    h.flush()
+    h.shutdown()
+    proc = subprocess.run(["tar", "xOf", tar, member], capture_output=True,
+                          timeout=CMD_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == data[:10] + b"hello" + data[15:]
+
+
+def test_tar_errors(server, impl, tmp_path):
+    tar, _ = make_tar(tmp_path, {"a.bin": 1000})
+    status, err = config_error(impl, ["tar"], ["file", tar], tmp_path)
+    assert status == 1
+    assert "you must supply the tar-entry=<FILENAME> parameter" in err
+    srv = start(server, impl, ["tar"], "file", tar, "tar-entry=nope")
+    with pytest.raises(nbd.Error):
+        nbd.NBD().connect_uri(srv.uri)
+    assert ("tar subcommand failed, check that the file really exists "
+            "in the tarball") in srv.stderr_text()
