@@ -1297,3 +1297,97 @@ def test_blocksize_qemu_io(rig, which):
     rc, lines = rig.compare_plain(which, ["blocksize"],
                                   ["memory", "1M", "minblock=4k"], observe)
     assert rc == 0 and not any("fail" in l for l in lines)
+
+
+# ------------------------------------------------------------ multi-conn
+
+MC_STEPS = [("flush", 0), ("pwrite", 0), ("flush", 1), ("flush", 0),
+            ("pread", 2), ("flush", 0), ("pwrite", 1), ("flush", 1),
+            ("flush", 2), ("fua", 0), ("flush", 2), ("pread", 1),
+            ("pwrite", 2), ("flush", 0), ("flush", 1), ("flush", 2)]
+
+
+def mc_observe(srv, exports=("", "", "")):
+    """Flags, then what reaches the plugin for each step of MC_STEPS
+    over three connections (to EXPORTS)."""
+    hs = []
+    for name in exports:
+        h = nbd.NBD()
+        h.connect_uri(srv.uri_for(name))
+        hs.append(h)
+    flags = export_flags(hs[0], ["can_multi_conn", "can_flush", "can_fua"])
+    steps = []
+    for what, i in MC_STEPS:
+        reset_log(srv)
+        h = hs[i]
+        if what == "flush":
+            err = errno_of(h.flush)
+        elif what == "pread":
+            err = errno_of(lambda: h.pread(512, 0))
+        else:
+            err = errno_of(lambda: h.pwrite(
+                b"m" * 512, 0, nbd.CMD_FLAG_FUA if what == "fua" else 0))
+        steps.append((what, i, err, log_lines(srv)))
+    for h in hs:
+        h.shutdown()
+    return flags, steps
+
+
+@pytest.mark.parametrize("mode", [None, "auto", "emulate", "disable",
+                                  "plugin", "unsafe"])
+@pytest.mark.parametrize("track", [None, "connection", "fast", "off"])
+@pytest.mark.parametrize("plugin_mc", ["yes", "no"])
+def test_multi_conn(rig, which, mode, track, plugin_mc):
+    """Multi-conn advertised, and the flushes reaching the plugin, call
+    by call, for each mode and dirty tracking."""
+    args = (([] if mode is None else ["multi-conn-mode=" + mode])
+            + ([] if track is None else ["multi-conn-track-dirty=" + track]))
+    flags, steps = rig.compare(which, ["multi-conn"], args, mc_observe,
+                               env={"CAN_MULTI_CONN": plugin_mc})
+    emulating = mode == "emulate" or (mode in (None, "auto")
+                                      and plugin_mc == "no")
+    if mode == "disable":
+        assert flags["can_multi_conn"] is False
+    elif mode == "plugin":
+        assert flags["can_multi_conn"] == (plugin_mc == "yes")
+    else:
+        assert flags["can_multi_conn"] is True
+    if emulating and track == "off":
+        assert all(len(s[3]) == 3 for s in steps if s[0] == "flush")
+
+
+@pytest.mark.parametrize("byname", ["true", "false"])
+def test_multi_conn_exportname(rig, which, byname):
+    """multi-conn-exportname=true repeats a flush only on connections
+    to the same export."""
+    args = ["multi-conn-mode=emulate", "multi-conn-track-dirty=off",
+            "multi-conn-exportname=" + byname]
+    flags, steps = rig.compare(
+        which, ["multi-conn"], args,
+        lambda srv: mc_observe(srv, exports=("a", "b", "a")))
+    counts = [len(s[3]) for s in steps if s[0] == "flush" and s[1] == 1]
+    assert counts[0] == (1 if byname == "true" else 3)
+
+
+def test_multi_conn_emulate_needs_flush(rig, which):
+    def observe(srv):
+        return connect_error(srv), srv.alive()
+
+    assert rig.compare(which, ["multi-conn"], ["multi-conn-mode=emulate"],
+                       observe, env={"CAN_FLUSH": "no"}) == ("refused", True)
+
+
+def test_multi_conn_serialized_connections(rig, which):
+    """auto under a thread model that serializes connections offers no
+    multi-conn (the plugin has none)."""
+    flags = rig.compare(which, ["multi-conn", "noparallel"],
+                        ["serialize=connections"], flags_of,
+                        env={"CAN_MULTI_CONN": "no"})
+    assert flags["can_multi_conn"] is False
+
+
+@pytest.mark.parametrize("param", ["multi-conn-mode=sometimes",
+                                   "multi-conn-track-dirty=always",
+                                   "multi-conn-exportname=maybe"])
+def test_multi_conn_bad_parameter(rig, which, param):
+    rig.compare_refused(which, ["multi-conn"], [param])
