@@ -145,7 +145,9 @@ extentlist_complete_list (void)
   size_t i, n = nr_extents;
   uint64_t end = 0;
 
-  qsort (extents, n, sizeof *extents, extentlist_compare);
+  /* qsort must not be given a NULL list, even an empty one. */
+  if (n > 0)
+    qsort (extents, n, sizeof *extents, extentlist_compare);
   for (i = 0; i < n; i++) {
     if (extents[i].offset < end) {
       nbdkit_error ("extentlist: %s: the extents at %" PRIu64 " and %"

@@ -134,7 +134,9 @@ protect_config_complete (nbdkit_next_config_complete *next,
 {
   size_t i, j = 0;
 
-  qsort (ranges, nr_ranges, sizeof *ranges, protect_compare);
+  /* qsort must not be given a NULL list, even an empty one. */
+  if (nr_ranges > 0)
+    qsort (ranges, nr_ranges, sizeof *ranges, protect_compare);
   for (i = 1; i < nr_ranges; i++) {
     if (ranges[j].end == UINT64_MAX
         || ranges[i].start <= ranges[j].end + 1)
