@@ -466,6 +466,11 @@ def test_log_same_lines_as_nbdkit(server, tmp_path, ours):
         h.set_export_name("name with \"quotes\" and $")
         h.connect_unix(srv.sock)
         h.shutdown()
+        # And for this one's, before the server is stopped.
+        for _ in range(1000):
+            if log.read_text().count("Disconnect") >= 2:
+                break
+            time.sleep(0.01)
         srv.stop()
         got[impl] = log_lines(log)
     assert got[ours] == got["nbdkit"]
