@@ -9,6 +9,7 @@
 #include <nbdkit-filter.h>
 
 #include "blockstore.h"
+#include "meta-ext.h"
 #include "minmax.h"
 
 /* The extent type the overlay decides for STATE, or -1 for "ask the
@@ -34,7 +35,7 @@ overlay_type (enum blockstore_state state, bool clean_from_below)
  */
 static struct nbdkit_extents *
 below_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
-               int *err)
+               uint32_t flags, int *err)
 {
   struct nbdkit_extents *below;
 
@@ -45,11 +46,26 @@ below_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
     *err = errno;
     return NULL;
   }
-  if (next->extents (next, count, offset, 0, below, err) == -1) {
+  if (next->extents (next, count, offset, flags & NBDSRV_FLAG_DEPTH, below,
+                     err) == -1) {
     nbdkit_extents_free (below);
     return NULL;
   }
   return below;
+}
+
+/* meta-ext.h: with NBDSRV_FLAG_DEPTH, the depth of an extent of TYPE
+ * as this overlay reports it: 1 for a block it holds (OWN), else one
+ * more than the layer below said, and 0 where nothing holds it.
+ */
+static uint32_t
+with_depth (uint32_t flags, uint32_t type, bool own)
+{
+  uint32_t d = NBDSRV_DEPTH_OF (type);
+
+  if (!(flags & NBDSRV_FLAG_DEPTH))
+    return type;
+  return NBDSRV_WITH_DEPTH (type, own ? 1 : d ? d + 1 : 0);
 }
 
 /* Adds the part of [POS, LIMIT) that BELOW describes from POS; returns
@@ -57,7 +73,7 @@ below_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
  */
 static uint64_t
 add_from_below (const struct nbdkit_extents *below, size_t *i,
-                uint64_t pos, uint64_t limit,
+                uint64_t pos, uint64_t limit, uint32_t flags, bool own,
                 struct nbdkit_extents *extents, int *err)
 {
   size_t n = nbdkit_extents_count (below);
@@ -73,7 +89,8 @@ add_from_below (const struct nbdkit_extents *below, size_t *i,
     return pos;
   e = nbdkit_get_extent (below, *i);
   end = MIN (e.offset + e.length, limit);
-  if (nbdkit_add_extent (extents, pos, end - pos, e.type) == -1) {
+  if (nbdkit_add_extent (extents, pos, end - pos,
+                         with_depth (flags, e.type, own)) == -1) {
     *err = errno;
     return 0;
   }
@@ -96,20 +113,23 @@ blockstore_extents (struct blockstore *bs, nbdkit_next *next,
   while (pos < end) {
     uint64_t blk = pos / blksize;
     uint64_t limit = MIN ((blk + 1) * blksize, end);
-    int type = overlay_type (blockstore_get (bs, blk), clean_from_below);
+    enum blockstore_state state = blockstore_get (bs, blk);
+    int type = overlay_type (state, clean_from_below);
+    bool own = state != BLOCKSTORE_ABSENT;
     uint64_t next_pos;
 
     if (type == -1 && !asked) {
       asked = true;
       *err = 0;
-      below = below_extents (next, end - pos, pos, err);
+      below = below_extents (next, end - pos, pos, flags, err);
       if (below == NULL && *err != 0) {
         r = -1;
         goto out;
       }
     }
     if (type == -1 && below != NULL) {
-      next_pos = add_from_below (below, &i, pos, limit, extents, err);
+      next_pos = add_from_below (below, &i, pos, limit, flags, own,
+                                 extents, err);
       if (next_pos == 0) {
         r = -1;
         goto out;
@@ -119,8 +139,12 @@ blockstore_extents (struct blockstore *bs, nbdkit_next *next,
     }
     else {
       next_pos = limit;
+      /* Without extents below, what it holds is data at depth 2. */
+      uint32_t t = type != -1 ? (uint32_t) type
+        : (flags & NBDSRV_FLAG_DEPTH) ? NBDSRV_WITH_DEPTH (0, 1) : 0;
+
       if (nbdkit_add_extent (extents, pos, limit - pos,
-                             type == -1 ? 0 : type) == -1) {
+                             with_depth (flags, t, own)) == -1) {
         *err = errno;
         r = -1;
         goto out;
