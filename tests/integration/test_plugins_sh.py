@@ -4,6 +4,7 @@ the same eval snippets) under nbdsrv with our plugin and under nbdkit
 with Debian's, and compares what libnbd sees: export flags, data,
 block status, export lists and errnos.
 """
+import errno
 import os
 import subprocess
 
@@ -585,7 +586,13 @@ def test_eval_missing_script(server):
                         'missing=case "$1" in pwrite) echo "EROFS x" >&2; '
                         'exit 1;; esac; exit 2']
     hs = [connect(s) for s in start_both(server, "eval", *args)]
-    same(hs, lambda h: h.pwrite(b"x" * 512, 0))
+    # EROFS reaches the client as EPERM.  Debian's nbdkit sometimes
+    # answers EIO after a 10 s stall instead (seen under load, several
+    # times this session): its side is allowed that, ours is not.
+    ours, theirs = [errno_of(lambda h=h: h.pwrite(b"x" * 512, 0))
+                    for h in hs]
+    assert ours == errno.EPERM
+    assert theirs in (errno.EPERM, errno.EIO)
     same(hs, lambda h: h.is_read_only())
 
 
