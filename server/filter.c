@@ -93,21 +93,21 @@ filter_add (const char *name_or_path)
   }
   b->filename = filter_find (name_or_path);
   if (b->filename == NULL)
-    return -1;
+    goto out_free;
   b->dl = dlopen (b->filename, RTLD_NOW | RTLD_GLOBAL);
   if (b->dl == NULL) {
     fprintf (stderr, "nbdsrv: error: cannot load filter %s: %s\n",
              b->filename, dlerror ());
-    return -1;
+    goto out_free;
   }
   init = (struct nbdkit_filter *(*) (void)) dlsym (b->dl, "filter_init");
   if (init == NULL || (f = init ()) == NULL) {
     fprintf (stderr, "nbdsrv: error: %s is not an nbdkit filter "
              "(no filter_init): check the file name\n", b->filename);
-    return -1;
+    goto out_free;
   }
   if (filter_check (f, b->filename) == -1)
-    return -1;
+    goto out_free;
   b->f = *f;
   b->name = b->f.name;
   b->keeps_blocks = dlsym (b->dl, NBDSRV_KEEPS_BLOCKS_SYMBOL) != NULL;
@@ -124,6 +124,12 @@ filter_add (const char *name_or_path)
   if (b->f.load)
     b->f.load ();
   return 0;
+
+  /* The .so stays mapped, as at unload. */
+ out_free:
+  free (b->filename);
+  free (b);
+  return -1;
 }
 
 /* nbdkit's order: every layer's .cleanup from the top down, then

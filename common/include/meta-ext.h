@@ -7,7 +7,9 @@
  * symbols).
  *
  * Allocation depth.  A filter that keeps blocks of its own (cow,
- * cache) exports the int NBDSRV_KEEPS_BLOCKS_SYMBOL.  When the server
+ * cache) exports the function NBDSRV_KEEPS_BLOCKS_SYMBOL (a function,
+ * not a variable: two filters exporting one global name would be an
+ * ODR violation).  When the server
  * wants depths it sets NBDSRV_FLAG_DEPTH in the flags of an extents
  * call, and every extent's type then carries, in the bits above
  * NBDSRV_DEPTH_SHIFT, the depth of the layer that holds its blocks: 1

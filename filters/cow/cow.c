@@ -469,6 +469,10 @@ static struct nbdkit_filter filter = {
 /* meta-ext.h: this filter keeps blocks of its own and reports their
  * allocation depth, so nbdsrv offers qemu:allocation-depth.
  */
-NBDKIT_DLL_PUBLIC int nbdsrv_keeps_blocks = 1;
+NBDKIT_DLL_PUBLIC int
+nbdsrv_keeps_blocks (void)
+{
+  return 1;
+}
 
 NBDKIT_REGISTER_FILTER (filter)

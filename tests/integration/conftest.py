@@ -91,6 +91,9 @@ SANITIZER_ENV = {
     "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:print_summary=1:"
                     "allocator_may_return_null=1:quarantine_size_mb=32",
     "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+    # Leaks inside Debian's filter binaries are not ours (lsan.supp).
+    "LSAN_OPTIONS": "suppressions=" + os.path.join(ROOT, "tests",
+                                                   "lsan.supp"),
 }
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:",
                      "ERROR: LeakSanitizer")
