@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import start_server
+from util import accepting
 from nbdraw import wait_listening
 
 KiB = 1024
@@ -39,18 +39,10 @@ def base(tmp_path):
 
 
 @pytest.fixture
-def start(tmp_path):
-    started = []
-
-    def go(*args):
-        sock = str(tmp_path / ("s%d" % len(started)))
-        srv = start_server("nbdsrv", args, sock)
-        wait_listening(sock)
-        started.append(srv)
-        return srv
-    yield go
-    for s in started:
-        s.stop()
+def start(server):
+    """conftest's nbdsrv factory, returning once the server accepts;
+    every server is stopped at teardown."""
+    return accepting(server)
 
 
 def depth_map(uri):

@@ -4,12 +4,10 @@ speak them.  nbdkit 1.32 does not offer them either, so these run
 against nbdsrv alone; that clients which do not ask for them are
 unaffected is the rest of the suite, which runs unchanged.
 """
-import os
-import struct
 
 import pytest
 
-from conftest import start_server
+from util import accepting
 from nbdraw import (
     Client, Disconnected,
     OPT_EXTENDED_HEADERS, OPT_STRUCTURED_REPLY, OPT_SET_META_CONTEXT,
@@ -23,7 +21,7 @@ from nbdraw import (
     REPLY_TYPE_BLOCK_STATUS_EXT, REPLY_FLAG_DONE,
     STATE_HOLE, STATE_ZERO, TF_SEND_DF,
     EINVAL, ENOMEM,
-    meta_payload, wait_listening,
+    meta_payload,
 )
 
 KiB = 1024
@@ -32,19 +30,10 @@ GiB = 1024 * MiB
 
 
 @pytest.fixture
-def start(tmp_path):
-    """Factory: start nbdsrv with ARGS; stopped at teardown."""
-    started = []
-
-    def go(*args):
-        sock = str(tmp_path / ("s%d" % len(started)))
-        srv = start_server("nbdsrv", args, sock)
-        wait_listening(sock)
-        started.append(srv)
-        return srv
-    yield go
-    for s in started:
-        s.stop()
+def start(server):
+    """conftest's nbdsrv factory, returning once the server accepts;
+    every server is stopped at teardown."""
+    return accepting(server)
 
 
 @pytest.fixture
