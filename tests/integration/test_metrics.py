@@ -168,7 +168,21 @@ def test_scrapes_while_fio_runs(start):
 
 def test_connections_refusals_and_handshakes(start):
     srv, where = start("--max-connections=1", "memory", "1M")
-    # The readiness probes may have been refused already: count from here.
+    # The readiness probes sit in the listen queue and may be accepted or
+    # refused after the first scrape.  The server takes connections in
+    # order, so once one full client got in, every probe before it has
+    # been counted: count from there (bounded retries while a probe
+    # still holds the one slot).
+    for _ in range(500):
+        h0 = nbd.NBD()
+        try:
+            h0.connect_uri(srv.uri)
+            break
+        except nbd.Error:
+            wait_closed_all(where)
+    else:
+        raise AssertionError("no client ever got in")
+    h0.shutdown()
     refused0 = value(wait_closed_all(where),
                      "nbdsrv_connections_refused_total",
                      reason="max-connections")
