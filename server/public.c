@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -106,6 +107,47 @@ int64_t
 nbdkit_peer_gid (void)
 {
   return peer_cred ("nbdkit_peer_gid", 2);
+}
+
+/* SO_PEERSEC: the label a Linux security module gave the client's
+ * end (Unix sockets, and TCP under labelled networking).  Without a
+ * module the kernel answers ENOPROTOOPT and there is no label.  The
+ * caller frees the string.
+ */
+char *
+nbdkit_peer_security_context (void)
+{
+  struct connection *conn = current_conn ("nbdkit_peer_security_context");
+  socklen_t len = 256;
+  char *label = NULL;
+
+  if (conn == NULL)
+    return NULL;
+  if (!conn->is_socket) {
+    nbdkit_error ("nbdkit_peer_security_context: the client is not on a "
+                  "socket (-s)");
+    return NULL;
+  }
+  for (;;) {
+    char *p = realloc (label, len + 1);
+
+    if (p == NULL) {
+      nbdkit_error ("nbdkit_peer_security_context: %m");
+      break;
+    }
+    label = p;
+    if (getsockopt (conn->fd_in, SOL_SOCKET, SO_PEERSEC, label, &len) == 0) {
+      label[len] = '\0';       /* the kernel may count the NUL, or not */
+      return label;
+    }
+    if (errno != ERANGE) {
+      nbdkit_error ("nbdkit_peer_security_context: the client has no "
+                    "security label: %m");
+      break;
+    }
+  }
+  free (label);
+  return NULL;
 }
 
 /* force: drop the connection now; otherwise stop reading requests and

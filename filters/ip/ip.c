@@ -1,6 +1,6 @@
 /* nbdsrv ip filter: admit or refuse a client by where it connects
  * from: IP address or network, Unix socket peer (process, user,
- * group), or vsock peer.
+ * group), vsock peer, or the security label of its socket.
  *
  * A client matching any allow rule is admitted; else one matching any
  * deny rule is refused; else it is admitted.  The check runs at
@@ -22,8 +22,13 @@
 enum rule_kind {
   RULE_ANY, RULE_ANYV4, RULE_ANYV6, RULE_ANYUNIX, RULE_ANYVSOCK,
   RULE_IPV4, RULE_IPV6, RULE_PID, RULE_UID, RULE_GID,
-  RULE_VSOCK_CID, RULE_VSOCK_PORT,
+  RULE_VSOCK_CID, RULE_VSOCK_PORT, RULE_SECURITY,
 };
+
+/* nbdkit 1.32 has no nbdkit_peer_security_context: weak, so that this
+ * .so still loads there, where security: rules are refused at config.
+ */
+#pragma weak nbdkit_peer_security_context
 
 struct rule {
   enum rule_kind kind;
@@ -31,6 +36,7 @@ struct rule {
     struct { struct in_addr addr; unsigned bits; } v4;
     struct { struct in6_addr addr; unsigned bits; } v6;
     int64_t id;                 /* pid, uid, gid, cid or port */
+    char *label;                /* owned: security: */
   } u;
 };
 
@@ -40,12 +46,22 @@ struct rule_list {
 };
 
 static struct rule_list allow, deny;
+static bool need_label;          /* a security: rule exists */
+
+static void
+rule_list_free (struct rule_list *list)
+{
+  for (size_t i = 0; i < list->n; ++i)
+    if (list->rules[i].kind == RULE_SECURITY)
+      free (list->rules[i].u.label);
+  free (list->rules);
+}
 
 static void
 ip_unload (void)
 {
-  free (allow.rules);
-  free (deny.rules);
+  rule_list_free (&allow);
+  rule_list_free (&deny);
 }
 
 static int
@@ -135,12 +151,28 @@ rule_parse (const char *key, const char *item, struct rule *r)
       return nbdkit_parse_int64_t (id_rules[i].prefix, item + n, &r->u.id);
     }
   }
+  if (strncmp (item, "security:", 9) == 0) {
+    if (nbdkit_peer_security_context == NULL) {
+      nbdkit_error ("ip: %s=%s: this server cannot read security labels "
+                    "(it lacks nbdkit_peer_security_context): use nbdsrv "
+                    "or nbdkit >= 1.36", key, item);
+      return -1;
+    }
+    r->kind = RULE_SECURITY;
+    need_label = true;
+    r->u.label = strdup (item + 9);
+    if (r->u.label == NULL) {
+      nbdkit_error ("ip: strdup: %m");
+      return -1;
+    }
+    return 0;
+  }
   ret = rule_parse_address (key, item, r);
   if (ret == -1)
     nbdkit_error ("ip: don't know how to parse rule '%s' in %s=: use all, "
                   "anyipv4, anyipv6, anyunix, anyvsock, an IP address or "
-                  "network (A.B.C.D/NN), pid:, uid:, gid:, vsock-cid: or "
-                  "vsock-port:", item, key);
+                  "network (A.B.C.D/NN), pid:, uid:, gid:, vsock-cid:, "
+                  "vsock-port: or security:", item, key);
   return ret < 0 ? -1 : 0;
 }
 
@@ -160,8 +192,11 @@ rule_list_parse (const char *key, const char *value, struct rule_list *list)
        item = strtok_r (NULL, ",", &save)) {
     memset (&r, 0, sizeof r);
     ret = rule_parse (key, item, &r);
-    if (ret == 0)
+    if (ret == 0) {
       ret = rule_list_add (list, &r);
+      if (ret == -1 && r.kind == RULE_SECURITY)
+        free (r.u.label);
+    }
   }
   free (copy);
   return ret;
@@ -198,6 +233,7 @@ prefix_match (const unsigned char *a, const unsigned char *b, unsigned bits)
 struct peer {
   struct sockaddr_storage addr;
   int64_t pid, uid, gid;        /* Unix sockets only; -1 if unknown */
+  char *label;                  /* owned; NULL if it has none */
 };
 
 static bool
@@ -229,6 +265,8 @@ rule_matches (const struct rule *r, const struct peer *p)
     return family == AF_VSOCK && svm->svm_cid == r->u.id;
   case RULE_VSOCK_PORT:
     return family == AF_VSOCK && svm->svm_port == r->u.id;
+  case RULE_SECURITY:
+    return p->label && strcmp (p->label, r->u.label) == 0;
   }
   return false;
 }
@@ -248,6 +286,7 @@ ip_preconnect (nbdkit_next_preconnect *next, nbdkit_backend *nxdata,
 {
   struct peer p = { .pid = -1, .uid = -1, .gid = -1 };
   socklen_t len = sizeof p.addr;
+  bool denied;
 
   if (allow.n == 0 && deny.n == 0)
     return next (nxdata, readonly);
@@ -258,7 +297,11 @@ ip_preconnect (nbdkit_next_preconnect *next, nbdkit_backend *nxdata,
     p.uid = nbdkit_peer_uid ();
     p.gid = nbdkit_peer_gid ();
   }
-  if (!rule_list_matches (&allow, &p) && rule_list_matches (&deny, &p)) {
+  if (need_label)
+    p.label = nbdkit_peer_security_context ();
+  denied = !rule_list_matches (&allow, &p) && rule_list_matches (&deny, &p);
+  free (p.label);
+  if (denied) {
     nbdkit_error ("client not permitted to connect because of source "
                   "address restriction");
     return -1;

@@ -777,6 +777,50 @@ def test_ip_bad_rule(impl, arg):
     assert arg.split("=")[1].split(":")[0].split("/")[0] in err
 
 
+def own_security_label():
+    """The label the kernel gives a Unix socket of this process, or None
+    without a security module (SO_PEERSEC answers ENOPROTOOPT)."""
+    a, b = socket.socketpair()
+    try:
+        raw = a.getsockopt(socket.SOL_SOCKET, socket.SO_PEERSEC, 256)
+        return raw.rstrip(b"\0").decode()
+    except OSError as e:
+        assert e.errno == errno.ENOPROTOOPT, e
+        return None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_ip_security_label(server):
+    """security:LABEL (nbdkit >= 1.36) matches the client socket's label;
+    a client without one matches no security: rule, whatever the
+    machine has."""
+    label = own_security_label()
+    other = "system_u:system_r:nosuch_t:s0"
+    srv = start(server, "nbdsrv", ["ip"], "memory", "1M",
+                "allow=security:" + other, "deny=all")
+    assert not admitted(srv)
+    srv = start(server, "nbdsrv", ["ip"], "memory", "1M",
+                "deny=security:" + other)
+    assert admitted(srv)
+    if label is not None:
+        srv = start(server, "nbdsrv", ["ip"], "memory", "1M",
+                    "allow=security:" + label, "deny=all")
+        assert admitted(srv)
+    else:
+        assert "has no security label" in srv.stderr_text()
+
+
+@pytest.mark.nbdkit_plugin
+def test_ip_security_label_needs_the_api():
+    """Our .so under nbdkit 1.32, which cannot read labels, refuses the
+    rule at startup instead of never matching it silently."""
+    rc, err = run_server("ours", ["ip"], "memory", "1M", "allow=security:x")
+    assert rc == 1
+    assert "nbdkit_peer_security_context" in err
+
+
 # -------------------------------------------------------- tls-fallback
 
 TLS_MESSAGE = b"This NBD server requires TLS authentication before it " \
