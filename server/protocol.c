@@ -62,6 +62,9 @@ struct work {
   bool big;                     /* holds one of the REQUEST_BIG slots */
   bool in_place;                /* WRITE payload received into TOKEN's */
   void *token;                  /* storage (write-target.h) */
+  int64_t start;                /* when it began to run (CLOCK_MONOTONIC) */
+  int64_t end;                  /* when its answer was ready, or 0 */
+  bool counted;                 /* for --metrics */
 };
 
 static void
@@ -82,6 +85,33 @@ big_release (struct connection *conn)
   conn->big_inflight--;
   pthread_cond_signal (&conn->big_cond);
   pthread_mutex_unlock (&conn->big_lock);
+}
+
+static int64_t
+now_ns (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Count an answered request for --metrics before its reply can leave,
+ * so a client holding the reply finds it counted.  The duration runs
+ * from the start of the stack call to the answer being ready (sending
+ * it is not included).
+ */
+static void
+work_count (const struct connection *conn, struct work *w, int err)
+{
+  if (!metrics_on || w->counted)
+    return;
+  if (w->end == 0)
+    w->end = now_ns ();
+  w->counted = true;
+  metrics_request (conn->metrics_export, w->req.type, w->req.count,
+                   errno_to_nbd (err, w->req.flags), w->end - w->start,
+                   w->err ? 0 : w->end - w->start);
 }
 
 static void
@@ -328,9 +358,10 @@ extents_collect (struct connection *conn, const struct request *r,
  * request once the buffers have grown.
  */
 static int
-do_block_status (struct connection *conn, bool batch,
-                 const struct request *r, int *err)
+do_block_status (struct connection *conn, bool batch, struct work *w,
+                 int *err)
 {
+  const struct request *r = &w->req;
   struct nbdkit_extents *e = thread_extents ();
   bool req_one = r->flags & NBD_CMD_FLAG_REQ_ONE;
   size_t size = conn->extended ? sizeof (struct nbd_block_descriptor_ext)
@@ -367,6 +398,7 @@ do_block_status (struct connection *conn, bool batch,
     used += chunks[k].n * size;
     k++;
   }
+  work_count (conn, w, 0);
   reply_block_status (conn, batch, r, buf, chunks, k);
   return -2;                    /* the reply is sent */
 }
@@ -402,6 +434,7 @@ do_read (struct connection *conn, bool batch, struct work *w, int *err)
   n = read_plan (w->buf, r->offset, r->count, HOLE_MIN, p, READ_PIECES_MAX);
   if (n == 1 && !p[0].hole)
     return 0;
+  work_count (conn, w, 0);
   reply_read_pieces (conn, batch, r, w->buf, p, n);
   return -2;
 }
@@ -432,7 +465,7 @@ request_run (struct connection *conn, bool batch, struct work *w, int *err)
   case NBD_CMD_WRITE_ZEROES:
     return split_run (backend_zero, exp, r, f, err);
   case NBD_CMD_BLOCK_STATUS:
-    return do_block_status (conn, batch, r, err);
+    return do_block_status (conn, batch, w, err);
   default:
     *err = EINVAL;              /* unreachable: validation rejects it */
     return -1;
@@ -474,27 +507,23 @@ reply_failure (struct connection *conn, bool batch, const struct work *w,
   reply_error (conn, batch, r, nbd_err, msg, len);
 }
 
-static int64_t
-now_ns (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-/* Run one request and reply, now or into the batch (BATCH).  Returns
- * the host errno the client was answered with (0 for success), and in
- * *CALL_NS the time the stack took.
+/* Run one request and reply, now or into the batch (BATCH).  The stack
+ * call is timed for the inline heuristic (conn->call_ns); --metrics
+ * reuses those two clock reads.
  */
-static int
-request_answer (struct connection *conn, bool batch, struct work *w,
-                int64_t *call_ns)
+static void
+request_answer (struct connection *conn, bool batch, struct work *w)
 {
   const struct request *r = &w->req;
   int err = w->err;
   int ret = -1;
 
+  w->start = w->end = 0;
+  w->counted = false;
+  if (metrics_on) {
+    metrics_request_start ();
+    w->start = now_ns ();
+  }
   thread_clear_error ();                                          /* */
   if (err == 0) {
     if (atomic_load (&conn->status) == CONN_DEAD) {               /* */
@@ -505,12 +534,15 @@ request_answer (struct connection *conn, bool batch, struct work *w,
         backend_write_target_done (&conn->exp, w->token, false, &ignored);
     }
     else {
-      int64_t t = now_ns ();
       unsigned avg = atomic_load (&conn->call_ns);
+      int64_t t;
 
+      if (w->start == 0)
+        w->start = now_ns ();
       ret = request_run (conn, batch, w, &err);
-      t = now_ns () - t;
-      *call_ns = t;
+      if (w->end == 0)
+        w->end = now_ns ();
+      t = w->end - w->start;
       /* Moving average over about 8 calls; races only blur it. */
       atomic_store (&conn->call_ns,
                     avg - avg / 8 + (t > UINT32_MAX ? UINT32_MAX : t) / 8);
@@ -518,39 +550,23 @@ request_answer (struct connection *conn, bool batch, struct work *w,
   }
   else
     debug ("%s: %s", nbd_cmd_name (r->type), w->why);
-  if (ret == -2 || atomic_load (&conn->status) == CONN_DEAD)      /* */
-    return ret == -2 ? 0 : err;
+  if (ret == -2 || atomic_load (&conn->status) == CONN_DEAD) {    /* */
+    work_count (conn, w, ret == -2 ? 0 : err);
+    return;
+  }
   if (ret == -1) {
     if (w->err == 0)                                              /* */
       debug ("%s at offset %" PRIu64 " length %" PRIu64 " failed: %s",
              nbd_cmd_name (r->type), r->offset, r->count, strerror (err));
+    work_count (conn, w, err);
     reply_failure (conn, batch, w, err);
-    return err;
+    return;
   }
+  work_count (conn, w, 0);
   if (r->type == NBD_CMD_READ)
     reply_read (conn, batch, r, w->buf, r->count);
   else
     reply_ok (conn, batch, r);
-  return 0;
-}
-
-/* Answer one request, counting it for --metrics (metrics.h). */
-static void
-request_handle (struct connection *conn, bool batch, struct work *w)
-{
-  int64_t start, call_ns = 0;
-  int err;
-
-  if (!metrics_on) {
-    request_answer (conn, batch, w, &call_ns);
-    return;
-  }
-  metrics_request_start ();
-  start = now_ns ();
-  err = request_answer (conn, batch, w, &call_ns);
-  metrics_request (conn->metrics_export, w->req.type, w->req.count,
-                   errno_to_nbd (err, w->req.flags), now_ns () - start,
-                   call_ns);
 }
 
 static bool
@@ -586,7 +602,7 @@ protocol_worker (struct connection *conn)
     }
     r = request_recv (conn, &w);
     if (r == 1 && request_is_fast (conn, &w))
-      request_handle (conn, true, &w);
+      request_answer (conn, true, &w);
     else {
       reply_flush (conn);
       if (r == 1)
@@ -594,7 +610,7 @@ protocol_worker (struct connection *conn)
       pthread_mutex_unlock (&conn->read_lock);                    /* */
       locked = false;
       if (r == 1)
-        request_handle (conn, false, &w);
+        request_answer (conn, false, &w);
     }
     if (w.big)
       big_release (conn);
