@@ -1106,6 +1106,27 @@ def evaluate_targets(summary):
            ratio(get("nbdsrv-memory", "connect"), qemu), 1.0)
     target("conn/s nbdsrv-file/best qemu-nbd",
            ratio(get("nbdsrv-file", "connect"), qemu), 1.0)
+    # Issue 11: the write path as lean as the read path, and QD1
+    # latency at least as good as the best peer's (IOPS at QD1 is the
+    # inverse of the mean latency).
+    target("CPU/req 4k-randwrite-qd32 nbdsrv-memory/nbdkit-memory (round 2)",
+           ratio(get("nbdsrv-memory", "4k-randwrite-qd32", "cpu_us_per_req"),
+                 get("nbdkit-memory", "4k-randwrite-qd32",
+                     "cpu_us_per_req")), 0.35, True)
+    target("IOPS 4k-randwrite-qd32 nbdsrv-memory/nbdkit-memory (round 2)",
+           ratio(get("nbdsrv-memory", "4k-randwrite-qd32"),
+                 get("nbdkit-memory", "4k-randwrite-qd32")), 2.0)
+    others = ("qemu-nbd-threads", "qemu-nbd-io_uring", "nbd-server")
+    target("MiB/s 1m-write-qd8 nbdsrv-memory/nbdkit-memory (round 2)",
+           ratio(get("nbdsrv-memory", "1m-write-qd8"),
+                 get("nbdkit-memory", "1m-write-qd8")), 1.5)
+    target("MiB/s 1m-write-qd8 nbdsrv-memory/best other peer",
+           ratio(get("nbdsrv-memory", "1m-write-qd8"),
+                 best_of(summary, others, "1m-write-qd8")), 1.5)
+    target("QD1 4k-randread nbdsrv-memory/best peer (1/latency)",
+           ratio(get("nbdsrv-memory", "4k-randread-qd1"),
+                 best_of(summary, ("nbdkit-memory",) + others,
+                         "4k-randread-qd1")), 1.0)
     # The filter stack: three pass-through filters cost at most 10% more
     # server CPU per 4k request than none, and every stack keeps the
     # bare plugin's ratio to nbdkit (stack ratio / bare ratio >= 1).
