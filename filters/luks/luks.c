@@ -236,10 +236,15 @@ luks_can_extents (nbdkit_next *next, void *handle)
   return 0;
 }
 
+/* The IV of the sector at OFFSET.  As dm-crypt does for LUKSv2
+ * (iv_large_sectors), the sector is counted in the volume's own sector
+ * size; the tweak counts 512-byte sectors and is added first.
+ */
 static uint64_t
 iv_sector (const struct handle *h, uint64_t offset)
 {
-  return offset / h->hdr.sector_size + h->hdr.iv_tweak;
+  return (offset / LUKS_SECTOR + h->hdr.iv_tweak) /
+    (h->hdr.sector_size / LUKS_SECTOR);
 }
 
 /* Read and decrypt whole sectors into BUF. */

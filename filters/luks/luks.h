@@ -88,7 +88,7 @@ struct luks_header {
   uint32_t sector_size;         /* of the data: 512, or up to 4096 (v2) */
   uint64_t payload_offset;      /* bytes */
   uint64_t payload_size;        /* bytes; 0: to the end of the disk */
-  uint64_t iv_tweak;            /* added to the sector number (v2) */
+  uint64_t iv_tweak;            /* 512-byte sectors added to the IV's (v2) */
   struct luks_digest digest;
   struct luks_keyslot slots[LUKS_MAX_SLOTS];
   size_t nr_slots;              /* active slots only */

@@ -419,3 +419,214 @@ def test_unsupported_cipher(server, impl, tmp_path):
     srv = start(server, impl, image, "passphrase=" + SECRET)
     err = refused(srv)
     assert "twofish" in err
+
+
+# ------------------------------------------------------------- LUKSv2
+
+def volume_key(image, secret=SECRET):
+    """The volume key as cryptsetup dumps it after unlocking."""
+    out = subprocess.run(["cryptsetup", "luksDump", "--dump-volume-key",
+                          "-q", "--key-file", "-", str(image)],
+                         input=secret.encode(), capture_output=True,
+                         check=True, timeout=120).stdout.decode()
+    return bytes.fromhex("".join(
+        re.findall(r"[0-9a-f]{2}", out[out.index("MK dump:") + 8:])))
+
+
+def metadata(image):
+    """The LUKSv2 JSON metadata as cryptsetup reads it."""
+    return json.loads(subprocess.run(
+        ["cryptsetup", "luksDump", "--dump-json-metadata", str(image)],
+        capture_output=True, check=True, timeout=60).stdout)
+
+
+def sector_cipher(image):
+    """(offset, sector size, function (data, first byte, encrypt) ->
+    data) for IMAGE's data segment, from python3-cryptography and
+    cryptsetup's dump alone."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers import (Cipher,
+                                                        algorithms, modes)
+    seg = metadata(image)["segments"]["0"]
+    key = volume_key(image)
+    ss = seg["sector_size"]
+    tweak0 = int(seg["iv_tweak"])
+
+    def essiv(n):
+        h = hashes.Hash(hashes.SHA256())
+        h.update(key)
+        e = Cipher(algorithms.AES(h.finalize()), modes.ECB()).encryptor()
+        return e.update(n.to_bytes(16, "little"))
+
+    def crypt(data, first, encrypt):
+        out = bytearray()
+        for i in range(0, len(data), ss):
+            n = ((first + i) // 512 + tweak0) // (ss // 512)
+            if seg["encryption"] == "aes-xts-plain64":
+                c = Cipher(algorithms.AES(key),
+                           modes.XTS(n.to_bytes(16, "little")))
+            else:
+                assert seg["encryption"] == "aes-cbc-essiv:sha256"
+                c = Cipher(algorithms.AES(key), modes.CBC(essiv(n)))
+            op = c.encryptor() if encrypt else c.decryptor()
+            out += op.update(data[i:i + ss]) + op.finalize()
+        return bytes(out)
+    return int(seg["offset"]), ss, crypt
+
+
+def write_cipher_text(image, plain):
+    """Encrypt PLAIN into IMAGE's data segment without our filter."""
+    offset, _, crypt = sector_cipher(image)
+    with open(image, "r+b") as f:
+        f.seek(offset)
+        f.write(crypt(plain, 0, True))
+
+
+def read_plain_text(image):
+    """Decrypt IMAGE's data segment without our filter."""
+    offset, _, crypt = sector_cipher(image)
+    with open(image, "rb") as f:
+        f.seek(offset)
+        return crypt(f.read(SIZE), 0, False)
+
+
+ARGON = ["--pbkdf-force-iterations", "4", "--pbkdf-memory", "32",
+         "--pbkdf-parallel", "1"]
+V2_IMAGES = {
+    "argon2id-4k": ["--pbkdf", "argon2id"] + ARGON,
+    "argon2i-512": ["--pbkdf", "argon2i", "--sector-size", "512"] + ARGON,
+    "pbkdf2-sha512-aes128": ["--pbkdf", "pbkdf2", "--hash", "sha512",
+                             "--pbkdf-force-iterations", "1000",
+                             "--key-size", "256", "--sector-size", "512"],
+    "pbkdf2-cbc-essiv-2k": ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
+                            "1000", "--cipher", "aes-cbc-essiv:sha256",
+                            "--key-size", "256", "--sector-size", "2048"],
+}
+
+
+@pytest.fixture(scope="module")
+def v2_images(tmp_path_factory):
+    """Each LUKSv2 image made once, its plaintext written by
+    python3-cryptography with cryptsetup's volume key."""
+    d = tmp_path_factory.mktemp("luks-v2")
+    images = {}
+    for seed, (name, args) in enumerate(sorted(V2_IMAGES.items())):
+        path = d / (name + ".img")
+        cryptsetup_format(path, "luks2", *args)
+        write_cipher_text(path, pattern(SIZE, 50 + seed))
+        images[name] = path
+    return images
+
+
+def v2_seed(name):
+    return 50 + sorted(V2_IMAGES).index(name)
+
+
+@pytest.mark.parametrize("impl", OURS)
+@pytest.mark.parametrize("name", sorted(V2_IMAGES))
+def test_v2_read(server, impl, v2_images, tmp_path, name):
+    image = v2_images[name]
+    srv = start(server, impl, image, "passphrase=" + SECRET)
+    h = connect(srv)
+    ss = metadata(image)["segments"]["0"]["sector_size"]
+    assert h.get_block_size(nbd.SIZE_MINIMUM) == ss
+    h.shutdown()
+    assert nbdcopy_read(srv, tmp_path) == pattern(SIZE, v2_seed(name))
+
+
+@pytest.mark.parametrize("impl", OURS)
+@pytest.mark.parametrize("name", ["argon2id-4k", "pbkdf2-cbc-essiv-2k"])
+def test_v2_write(server, impl, v2_images, tmp_path, name):
+    """Whole sectors in parallel, then partial sectors (read-modify-write
+    of 2 and 4 KiB sectors); python3-cryptography decrypts the result."""
+    image = copy_image(v2_images[name], tmp_path)
+    expect = bytearray(pattern(SIZE, v2_seed(name)))
+    srv = start(server, impl, image, "passphrase=" + SECRET)
+    src = tmp_path / "new.raw"
+    new = pattern(SIZE // 2, 77)
+    with open(src, "wb") as f:
+        f.write(new)
+    subprocess.run(["nbdcopy", "--connections=4", "--requests=8",
+                    str(src), srv.uri], check=True, timeout=120)
+    expect[:len(new)] = new
+    h = nbd.NBD()
+    h.set_request_block_size(False)
+    h.set_strict_mode(0)
+    h.connect_uri(srv.uri)
+    for off, data in [(4000, b"\x42" * 9000), (1, b"xyz"),
+                      (SIZE - 3, b"end")]:
+        h.pwrite(data, off)
+        expect[off:off + len(data)] = data
+    h.flush()
+    h.shutdown()
+    srv.stop()
+    assert read_plain_text(image) == bytes(expect)
+
+
+@pytest.mark.parametrize("impl", OURS)
+def test_v2_second_key_slot(server, impl, v2_images, tmp_path):
+    """A pbkdf2 slot added beside the argon2id one opens the volume with
+    its own passphrase; the first still does."""
+    image = copy_image(v2_images["argon2id-4k"], tmp_path)
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.write_text(SECRET)
+    new.write_text("second secret")
+    subprocess.run(["cryptsetup", "luksAddKey", "-q", "--key-file", str(old),
+                    "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+                    str(image), str(new)], check=True, timeout=120)
+    for pw in [new, old]:
+        srv = start(server, impl, image, "passphrase=+%s" % pw)
+        h = connect(srv)
+        assert h.pread(4096, 0) == pattern(4096, v2_seed("argon2id-4k"))
+        h.shutdown()
+        srv.stop()
+
+
+def test_nbdkit_refuses_v2(server, v2_images):
+    """nbdkit 1.32 reads only LUKSv1 (the difference we document)."""
+    srv = start(server, "nbdkit", v2_images["argon2id-4k"],
+                "passphrase=" + SECRET)
+    assert "only supports LUKSv1" in refused(srv)
+
+
+@pytest.mark.parametrize("impl", OURS)
+def test_v2_wrong_passphrase(server, impl, v2_images):
+    srv = start(server, impl, v2_images["argon2i-512"], "passphrase=nope")
+    err = refused(srv)
+    msgs = [l for l in err.splitlines() if "luks" in l and "error" in l]
+    assert len(msgs) == 1 and "passphrase is not correct" in msgs[0]
+
+
+def test_v2_damaged_primary_uses_secondary(server, v2_images, tmp_path):
+    """The JSON of the first copy is damaged (its checksum fails): the
+    second copy serves; with both damaged the connection fails."""
+    image = corrupt(v2_images["pbkdf2-sha512-aes128"], tmp_path, 4096 + 2,
+                    b"#")
+    srv = start(server, "nbdsrv", image, "passphrase=" + SECRET)
+    h = connect(srv)
+    assert h.pread(512, 0) == pattern(512, v2_seed("pbkdf2-sha512-aes128"))
+    h.shutdown()
+    srv.stop()
+    size = metadata(v2_images["pbkdf2-sha512-aes128"])["config"]["json_size"]
+    with open(image, "r+b") as f:
+        f.seek(4096 + int(size) + 4096 + 2)
+        f.write(b"#")
+    srv = start(server, "nbdsrv", image, "passphrase=" + SECRET)
+    err = refused(srv)
+    assert "LUKSv2 header is damaged" in err
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("truncated", "damaged"),
+    ("segment-beyond", "beyond"),
+])
+def test_v2_bad_header(server, v2_images, tmp_path, case, expect):
+    image = copy_image(v2_images["argon2i-512"], tmp_path)
+    if case == "truncated":
+        os.truncate(image, 8192)
+    else:
+        os.truncate(image, payload_offset(image) - 4096)
+    srv = start(server, "nbdsrv", image, "passphrase=" + SECRET)
+    err = refused(srv)
+    msgs = [l for l in err.splitlines() if "luks" in l and "error" in l]
+    assert len(msgs) == 1 and expect in msgs[0], err
