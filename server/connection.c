@@ -1,17 +1,20 @@
 /* nbdsrv: a client connection's life: worker threads, socket I/O,
- * shutdown.
+ * parking, shutdown.
  *
  * The thread that accepted the connection does the handshake and then
  * becomes the first worker.  More workers start only when a request
  * arrives while no worker is waiting to read the next one, so a client
  * that asks one thing and leaves costs one thread, and a client with 32
- * requests in flight gets up to -t workers.  The last worker to leave
- * frees the connection.
+ * requests in flight gets up to -t workers.  When no request arrives
+ * within PARK_GRACE_MS the workers leave one by one and the last parks
+ * the connection (park.c): an idle client holds no thread and no I/O
+ * buffers.  The last worker to leave a closing connection frees it.
  */
 #include "config.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +28,7 @@
 #include "reply.h"
 #include "tls.h"
 #include "metrics.h"
+#include "park.h"
 
 /* Live connections, for shutdown and for waiting at exit. */
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -42,11 +46,14 @@ static unsigned conns_served;        /* ids handed out so far */
  */
 static atomic_uint recent_call_ns = INLINE_MAX_NS;
 
+/* Connections freed since the heap was last trimmed (conns_trim). */
+static atomic_uint freed_since_trim;
+
 /* SERIALIZE_CONNECTIONS: one connection at a time in the process. */
 static pthread_mutex_t connection_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int64_t
-now_ms (void)
+int64_t
+conn_now_ms (void)
 {
   struct timespec ts;
 
@@ -60,14 +67,12 @@ conn_new (int fd_in, int fd_out, const struct sockaddr_storage *peer,
 {
   struct connection *conn = calloc (1, sizeof *conn);
 
-  if (conn == NULL || (conn->rbuf = malloc (CONN_RBUF_SIZE)) == NULL ||
-      (conn->obuf = malloc (CONN_OBUF_SIZE)) == NULL) {
+  if (conn == NULL || (conn->rbuf = park_buffers_get ()) == NULL) {
     server_error ("cannot accept a connection: out of memory");
-    if (conn)
-      free (conn->rbuf);
     free (conn);
     return NULL;
   }
+  conn->obuf = conn->rbuf + CONN_RBUF_SIZE;
   conn->fd_in = fd_in;
   conn->fd_out = fd_out;
   if (peer) {
@@ -95,7 +100,7 @@ conn_new (int fd_in, int fd_out, const struct sockaddr_storage *peer,
   conn->max_workers =
     stack.thread_model == NBDKIT_THREAD_MODEL_PARALLEL ? cfg.threads : 1;
   if (cfg.handshake_timeout)
-    conn->deadline_ms = now_ms () + cfg.handshake_timeout * INT64_C (1000);
+    conn->deadline_ms = conn_now_ms () + cfg.handshake_timeout * INT64_C (1000);
 
   pthread_mutex_lock (&conns_lock);
   if (cfg.max_connections && nconns >= cfg.max_connections) {
@@ -103,13 +108,15 @@ conn_new (int fd_in, int fd_out, const struct sockaddr_storage *peer,
     server_error ("%u clients are connected, the --max-connections "
                   "limit: refusing another", nconns);
     metrics_connection_refused ();
-    free (conn->rbuf);
-    free (conn->obuf);
+    park_buffers_put (conn->rbuf);
     free (conn);
     return NULL;
   }
   conn->id = ++conns_served;
   conn->next = conns;
+  conn->prevp = &conns;
+  if (conns)
+    conns->prevp = &conn->next;
   conns = conn;
   nconns++;
   pthread_mutex_unlock (&conns_lock);
@@ -121,7 +128,6 @@ conn_new (int fd_in, int fd_out, const struct sockaddr_storage *peer,
 static void
 conn_free (struct connection *conn)
 {
-  struct connection **pp;
   unsigned call_ns = atomic_load (&conn->call_ns);
 
   if (call_ns != conn->call_ns_start)  /* it made calls */
@@ -141,8 +147,7 @@ conn_free (struct connection *conn)
     close (conn->fd_out);
   }
   free (conn->meta_export);
-  free (conn->rbuf);
-  free (conn->obuf);
+  park_buffers_put (conn->rbuf);
   pthread_mutex_destroy (&conn->read_lock);
   pthread_mutex_destroy (&conn->write_lock);
   pthread_mutex_destroy (&conn->workers_lock);
@@ -150,16 +155,35 @@ conn_free (struct connection *conn)
   pthread_cond_destroy (&conn->big_cond);
 
   pthread_mutex_lock (&conns_lock);
-  for (pp = &conns; *pp != conn; pp = &(*pp)->next)
-    ;
-  *pp = conn->next;
+  *conn->prevp = conn->next;
+  if (conn->next)
+    conn->next->prevp = conn->prevp;
   nconns--;
   pthread_cond_broadcast (&conns_cond);
   pthread_mutex_unlock (&conns_lock);
   metrics_connection_close ();
+  atomic_fetch_add (&freed_since_trim, 1);
   free (conn);
   if (cfg.single)               /* -s: the server's one client is gone */
     quit_set ();
+}
+
+/* After a burst (an acceptor thread found nothing to do for a while):
+ * if many connections were freed, give their memory back to the
+ * system.  Each leaves about a kilobyte scattered in the threads'
+ * malloc arenas, which glibc only returns from the top of an arena, so
+ * without this ten thousand clients that left would keep ten
+ * megabytes.  malloc_trim walks the arenas, so only after TRIM_MIN.
+ */
+#define TRIM_MIN 256
+
+void
+conns_trim (void)
+{
+  if (atomic_load (&freed_since_trim) >= TRIM_MIN) {
+    atomic_store (&freed_since_trim, 0);
+    malloc_trim (0);
+  }
 }
 
 void
@@ -173,15 +197,19 @@ conn_set_status (struct connection *conn, enum conn_status s)
     ;
 }
 
-/* One worker: run the request loop; the last one out frees. */
-static void
-worker_run (struct connection *conn)
+/* One worker: run the request loop; the last one out frees, unless it
+ * left an idle connection (conn_idle counted it out).
+ */
+void
+conn_worker_run (struct connection *conn)
 {
-  bool last;
+  bool last, left;
 
   thread_state ()->conn = conn;
-  protocol_worker (conn);
+  left = protocol_worker (conn);
   thread_state ()->conn = NULL;
+  if (left)
+    return;
   pthread_mutex_lock (&conn->workers_lock);
   last = --conn->nworkers == 0;
   pthread_mutex_unlock (&conn->workers_lock);
@@ -192,7 +220,7 @@ worker_run (struct connection *conn)
 static void *
 worker_thread (void *arg)
 {
-  worker_run (arg);
+  conn_worker_run (arg);
   return NULL;
 }
 
@@ -235,11 +263,47 @@ conn_spawn (struct connection *conn)
   return 0;
 }
 
+/* The handshake from STAGE on (handshake_start's result: 0 the
+ * client's turn, 1 done, -1 failed; -2 nothing to do), then the
+ * requests.
+ */
+void
+conn_negotiate (struct connection *conn, int stage, bool serialize)
+{
+  if (stage == 0)
+    stage = handshake (conn) == -1 ? -1 : 1;
+  if (stage == -1) {
+    /* A reason the handshake gave, else how the last read ended. */
+    int why = conn->hs_fail;
+
+    if (why == -1)
+      why = errno == ETIMEDOUT ? MH_TIMEOUT : errno == 0 ? MH_EOF
+        : MH_OTHER;
+    conn_set_status (conn, CONN_DEAD);
+    metrics_handshake_failed (why);
+  }
+  else if (stage == 1) {
+    if (metrics_on)
+      conn->metrics_export = metrics_export_slot (conn->exp.name);
+    if (!serialize)
+      conn_park_setup (conn);
+  }
+  conn->deadline_ms = 0;
+  if (serialize) {
+    /* With one connection at a time there is one worker: this one. */
+    conn_worker_run (conn);
+    pthread_mutex_unlock (&connection_lock);
+  }
+  else
+    conn_worker_run (conn);
+}
+
 void
 conn_serve (struct connection *conn)
 {
   bool serialize =
     stack.thread_model == NBDKIT_THREAD_MODEL_SERIALIZE_CONNECTIONS;
+  int stage = -2;
 
   if (serialize)
     pthread_mutex_lock (&connection_lock);
@@ -251,26 +315,13 @@ conn_serve (struct connection *conn)
     conn_set_status (conn, CONN_DEAD);
     metrics_handshake_failed (MH_PRECONNECT);
   }
-  else if (handshake (conn) == -1) {
-    /* A reason the handshake gave, else how the last read ended. */
-    int why = conn->hs_fail;
-
-    if (why == -1)
-      why = errno == ETIMEDOUT ? MH_TIMEOUT : errno == 0 ? MH_EOF
-        : MH_OTHER;
-    conn_set_status (conn, CONN_DEAD);
-    metrics_handshake_failed (why);
-  }
-  else if (metrics_on)
-    conn->metrics_export = metrics_export_slot (conn->exp.name);
-  conn->deadline_ms = 0;
-  if (serialize) {
-    /* With one connection at a time there is one worker: this one. */
-    worker_run (conn);
-    pthread_mutex_unlock (&connection_lock);
-  }
   else
-    worker_run (conn);
+    stage = handshake_start (conn);
+  if (stage == 0 && !serialize && conn_park_greeted (conn)) {
+    thread_state ()->conn = NULL;
+    return;
+  }
+  conn_negotiate (conn, stage, serialize);
 }
 
 /* Wait for input during the handshake, honouring --timeout; and for -s
@@ -287,7 +338,7 @@ wait_readable (struct connection *conn)
   int r;
 
   if (conn->deadline_ms) {
-    int64_t left = conn->deadline_ms - now_ms ();
+    int64_t left = conn->deadline_ms - conn_now_ms ();
 
     if (left <= 0)
       goto timed_out;
@@ -349,10 +400,75 @@ conn_fill_iov (struct connection *conn, const struct iovec *iov, int iovcnt)
     return -1;
   if ((conn->deadline_ms || !conn->is_socket) && wait_readable (conn) == -1)
     return -1;
-  do
+  for (;;) {
     r = readv (conn->fd_in, iov, MIN (iovcnt, IOV_MAX));
+    if (r >= 0 || (errno != EINTR && errno != EAGAIN))
+      return r;
+    /* EAGAIN: the grace period (SO_RCVTIMEO) passed in the middle of a
+     * request: wait for the rest as long as it takes.
+     */
+    if (errno == EAGAIN)
+      poll (&(struct pollfd) { .fd = conn->fd_in, .events = POLLIN }, 1, -1);
+  }
+}
+
+/* At a request boundary with nothing buffered, on a connection that
+ * may park: fill rbuf with what arrives within the grace period (none
+ * with park_now).  Returns bytes, 0 at EOF, -1 with errno (EAGAIN: the
+ * client is idle).
+ */
+static ssize_t
+conn_fill_request (struct connection *conn)
+{
+  struct iovec iov = { .iov_base = conn->rbuf, .iov_len = CONN_RBUF_SIZE };
+  ssize_t r;
+
+  if (conn->tls) {
+    struct pollfd pfd = { .fd = conn->fd_in, .events = POLLIN };
+
+    if (conn->olen) {
+      r = tls_readv (conn->tls, &iov, 1, true);
+      if (r != -1 || errno != EAGAIN)
+        return r;
+      if (reply_flush (conn) == -1)
+        return -1;
+    }
+    if (!tls_pending (conn->tls) &&
+        poll (&pfd, 1, conn->park_now ? 0 : PARK_GRACE_MS) == 0) {
+      errno = EAGAIN;
+      return -1;
+    }
+    return tls_readv (conn->tls, &iov, 1, false);
+  }
+  if (conn->olen && reply_flush (conn) == -1)
+    return -1;
+  do
+    r = recv (conn->fd_in, conn->rbuf, CONN_RBUF_SIZE,
+              conn->park_now ? MSG_DONTWAIT : 0);
   while (r == -1 && errno == EINTR);
   return r;
+}
+
+/* conn_read for the start of a request: -1 with errno EAGAIN when the
+ * client sent nothing within the grace period and the connection may
+ * park.
+ */
+int
+conn_read_request (struct connection *conn, void *buf, size_t n)
+{
+  if (conn->can_park && conn->rpos == conn->rlen) {
+    ssize_t r = conn_fill_request (conn);
+
+    if (r <= 0) {
+      if (r == 0)
+        errno = 0;
+      return -1;
+    }
+    conn->rpos = 0;
+    conn->rlen = r;
+    conn->park_now = false;
+  }
+  return conn_read (conn, buf, n);
 }
 
 static ssize_t
@@ -504,7 +620,7 @@ conn_starttls (struct connection *conn)
   int64_t left = 0;
 
   if (conn->deadline_ms) {
-    left = conn->deadline_ms - now_ms ();
+    left = conn->deadline_ms - conn_now_ms ();
     if (left <= 0) {
       server_error ("client did not finish the handshake within %u "
                     "seconds: disconnecting (see --timeout)",
@@ -517,11 +633,14 @@ conn_starttls (struct connection *conn)
 }
 
 /* SIGTERM/SIGINT: stop reading requests on every connection; requests
- * in flight still finish and reply (R-28).
+ * in flight still finish and reply (R-28).  A parked connection's
+ * socket becomes ready as it is shut down, for conns_wait_all to
+ * collect.  Called once no acceptor waits on park.c's set.
  */
 void
 conns_shutdown_all (void)
 {
+  park_drain_begin ();
   pthread_mutex_lock (&conns_lock);
   for (struct connection *c = conns; c; c = c->next) {
     conn_set_status (c, CONN_SHUTDOWN);
@@ -539,6 +658,70 @@ conns_shutdown_all (void)
  */
 #define GRACE_SECONDS 10
 
+/* While connections are parked the main thread serves them (they only
+ * close now), checking the time every PARKED_POLL_MS; otherwise it
+ * waits for connections to close, looking every PARKED_CHECK_MS for
+ * one that parked meanwhile (a worker may park just as shutdown
+ * begins; its socket, shut down, wakes it at once).
+ */
+#define PARKED_POLL_MS 10
+#define PARKED_CHECK_MS 100
+
+static bool
+ts_before (const struct timespec *a, const struct timespec *b)
+{
+  return a->tv_sec < b->tv_sec ||
+    (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+static bool
+time_passed (const struct timespec *t)
+{
+  struct timespec now;
+
+  clock_gettime (CLOCK_REALTIME, &now);
+  return !ts_before (&now, t);
+}
+
+/* Wait until DEADLINE for a connection to close; serve parked ones
+ * that woke meanwhile.  Caller holds conns_lock.  Returns ETIMEDOUT
+ * once DEADLINE has passed.
+ */
+static int
+conns_wait_some (const struct timespec *deadline)
+{
+  struct connection *conn;
+  int *listener;
+
+  if (conns_parked () == 0) {
+    struct timespec soon;
+
+    clock_gettime (CLOCK_REALTIME, &soon);
+    soon.tv_nsec += PARKED_CHECK_MS * 1000000L;
+    if (soon.tv_nsec >= 1000000000L) {
+      soon.tv_sec++;
+      soon.tv_nsec -= 1000000000L;
+    }
+    if (ts_before (deadline, &soon))
+      soon = *deadline;
+    pthread_cond_timedwait (&conns_cond, &conns_lock, &soon);
+    return time_passed (deadline) ? ETIMEDOUT : 0;
+  }
+  pthread_mutex_unlock (&conns_lock);
+  switch (park_wait (PARKED_POLL_MS, &listener, &conn)) {
+  case PARK_CONN:
+    conn_resume (conn);
+    break;
+  case PARK_TIMER:
+    conns_sweep_greeted ();
+    break;
+  default:
+    break;
+  }
+  pthread_mutex_lock (&conns_lock);
+  return time_passed (deadline) ? ETIMEDOUT : 0;
+}
+
 int
 conns_wait_all (void)
 {
@@ -550,8 +733,7 @@ conns_wait_all (void)
   deadline.tv_sec += GRACE_SECONDS;
   pthread_mutex_lock (&conns_lock);
   while (nconns > 0 && r == 0) {
-    if (pthread_cond_timedwait (&conns_cond, &conns_lock, &deadline)
-        != ETIMEDOUT)
+    if (conns_wait_some (&deadline) != ETIMEDOUT)
       continue;
     if (cut) {
       server_error ("%u client(s) still busy in the plugin %d seconds "

@@ -20,6 +20,17 @@ enum conn_status {
 #define CONN_RBUF_SIZE (128 * 1024)
 #define CONN_OBUF_SIZE (256 * 1024)
 
+/* How long a worker that has answered everything waits for the next
+ * request before the connection parks.  Parking and waking cost about
+ * two system calls and a hand-off to another thread, so a client that
+ * keeps sending (any queue depth, or QD1 with a short think time) must
+ * never pay them: this covers the gaps of a busy client with a wide
+ * margin while an idle client gives its thread back almost at once.
+ * A connection fresh from the handshake parks at once: it has just
+ * shown it waits.
+ */
+#define PARK_GRACE_MS 5
+
 /* Backend calls averaging under this run inline (protocol.c). */
 #define INLINE_MAX_NS 10000
 
@@ -51,9 +62,11 @@ struct connection {
 
   /* Receive side: only the holder of read_lock reads the socket. */
   pthread_mutex_t read_lock;
-  char *rbuf;                   /* owned, CONN_RBUF_SIZE bytes */
+  char *rbuf;                   /* owned (park.c's block), CONN_RBUF_SIZE
+                                   bytes; NULL while parked */
   size_t rpos, rlen;            /* unread bytes are rbuf[rpos..rlen) */
-  char *obuf;                   /* owned: batched replies (reply.c) */
+  char *obuf;                   /* batched replies (reply.c): the same
+                                   block, after rbuf */
   size_t olen;                  /* bytes waiting in obuf */
   atomic_uint call_ns;          /* running average of a backend call */
   unsigned call_ns_start;       /* its value at the start */
@@ -74,11 +87,30 @@ struct connection {
   pthread_cond_t big_cond;
   unsigned big_inflight;        /* guarded by big_lock */
 
+  /* Parking (park.c): set up after the handshake, read and written
+   * only by the worker holding read_lock, or by the thread that
+   * resumes the parked connection.
+   */
+  bool can_park;                /* may give its thread back when idle */
+  bool park_now;                /* park without a grace period */
+  bool park_added;              /* the socket is in the epoll set */
+  bool greeted;                 /* parked before the client's flags */
+  /* In the list of greeted parked connections (connection.c), under
+   * its greeted_lock.
+   */
+  bool hs_listed;
+  struct connection *hs_next;
+  struct connection **hs_prevp;
+
   struct intern_set *interned;  /* nbdkit_*_intern strings */
   int hs_fail;                  /* enum metrics_hs, or -1: why the
                                    handshake failed */
   unsigned metrics_export;      /* the export's slot in metrics.c */
-  struct connection *next;      /* list of live connections */
+  /* The list of live connections, under conns_lock: unlinked in
+   * constant time, as ten thousand clients may leave at once.
+   */
+  struct connection *next;
+  struct connection **prevp;    /* the pointer that points here */
 };
 
 /* connection.c */
@@ -86,9 +118,16 @@ struct connection {
 struct connection *conn_new (int fd_in, int fd_out,
                              const struct sockaddr_storage *peer,
                              socklen_t peer_len);
-void conn_serve (struct connection *conn); /* runs until closed, frees */
+/* Runs the handshake and the requests until the connection closes
+ * (and frees it) or parks.
+ */
+void conn_serve (struct connection *conn);
+void conn_negotiate (struct connection *conn, int stage, bool serialize);
+void conn_worker_run (struct connection *conn);
+int64_t conn_now_ms (void);             /* CLOCK_MONOTONIC */
 int conn_spawn (struct connection *conn);  /* conn_serve in a new thread */
 int conn_read (struct connection *conn, void *buf, size_t n);
+int conn_read_request (struct connection *conn, void *buf, size_t n);
 int conn_skip (struct connection *conn, uint64_t n);
 int conn_readv (struct connection *conn, struct iovec *iov, int iovcnt);
 int conn_writev (struct connection *conn, struct iovec *iov, int iovcnt);
@@ -96,12 +135,27 @@ int conn_starttls (struct connection *conn);
 void conn_set_status (struct connection *conn, enum conn_status s);
 void conn_maybe_add_worker (struct connection *conn);
 void conns_shutdown_all (void);
+void conns_trim (void);
+
+/* conn-park.c */
+void conn_park_setup (struct connection *conn);
+bool conn_park_greeted (struct connection *conn);
+bool conn_idle (struct connection *conn);
+void conn_resume (struct connection *conn); /* a parked one woke */
+void conns_sweep_greeted (void);
+unsigned conns_parked (void);
 int conns_wait_all (void);
 
-/* handshake.c: 0 when transmission starts, -1 to close. */
+/* handshake.c: handshake_start sends the greeting (0: the client
+ * speaks next; 1: transmission starts; -1: close), handshake the rest
+ * (0 when transmission starts, -1 to close).
+ */
+int handshake_start (struct connection *conn);
 int handshake (struct connection *conn);
 
-/* protocol.c: one worker's request loop. */
-void protocol_worker (struct connection *conn);
+/* protocol.c: one worker's request loop.  Returns true when the worker
+ * left a connection that went idle (conn_idle), false when it closes.
+ */
+bool protocol_worker (struct connection *conn);
 
 #endif /* NBDSRV_CONNECTION_H */

@@ -629,6 +629,13 @@ option_read (struct connection *conn, uint32_t option, uint32_t len,
   return r;
 }
 
+static uint16_t
+handshake_gflags (void)
+{
+  return (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)
+    & cfg.mask_handshake;                                   /* H-1 */
+}
+
 /* -o: the oldstyle greeting (protocol rules, section 1): the default
  * export's size and flags at once, no options, then transmission.
  * Without options there are no structured replies, meta contexts or
@@ -655,25 +662,35 @@ handshake_oldstyle (struct connection *conn)
   return send_all (conn, &greeting, sizeof greeting);
 }
 
+/* The server speaks first.  Returns 0 when the client speaks next (the
+ * connection may park until it does), 1 when transmission starts (the
+ * oldstyle handshake is all the server's), -1 to close.
+ */
 int
-handshake (struct connection *conn)
+handshake_start (struct connection *conn)
 {
   struct {
     uint64_t magic, version;
     uint16_t gflags;
   } __attribute__ ((__packed__)) greeting;
-  uint16_t gflags = (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)
-    & cfg.mask_handshake;                                   /* H-1 */
+
+  if (cfg.oldstyle)
+    return handshake_oldstyle (conn) == -1 ? -1 : 1;
+  greeting.magic = htobe64 (NBD_MAGIC);
+  greeting.version = htobe64 (NBD_NEW_VERSION);
+  greeting.gflags = htobe16 (handshake_gflags ());
+  return send_all (conn, &greeting, sizeof greeting);
+}
+
+/* After handshake_start: the client's flags and options. */
+int
+handshake (struct connection *conn)
+{
+  uint16_t gflags = handshake_gflags ();
   uint32_t cflags;
   unsigned budget = OPTION_BUDGET;
 
-  if (cfg.oldstyle)
-    return handshake_oldstyle (conn);
-  greeting.magic = htobe64 (NBD_MAGIC);
-  greeting.version = htobe64 (NBD_NEW_VERSION);
-  greeting.gflags = htobe16 (gflags);
-  if (send_all (conn, &greeting, sizeof greeting) == -1 ||
-      conn_read (conn, &cflags, 4) == -1)
+  if (conn_read (conn, &cflags, 4) == -1)
     return -1;
   cflags = be32toh (cflags);
   if (cflags & ~(uint32_t) gflags) {                          /* H-2 */

@@ -173,13 +173,11 @@ request_recv_in_place (struct connection *conn, struct work *w)
   return 1;
 }
 
-/* Read one request.  Returns 1 with W filled, 0 when this worker should
- * stop (EOF, DISC, a dead stream).  Caller holds read_lock.
- */
 /* Read and decode one request header: 28 bytes, or 32 with extended
  * headers (X-7).  The compact part comes first, so a request of the
  * wrong shape is caught by its magic before waiting for more bytes.
- * Returns 0 when the connection should stop.
+ * Returns 1, 0 when the connection should stop, or 2 when the client
+ * is idle and the connection may park (conn_read_request).
  */
 static int
 request_header_recv (struct connection *conn, struct request *r)
@@ -191,8 +189,11 @@ request_header_recv (struct connection *conn, struct request *r)
   const size_t tail = sizeof wire.ext - sizeof wire.compact;
   uint32_t want = conn->extended ? NBD_EXTENDED_REQUEST_MAGIC
     : NBD_REQUEST_MAGIC;
+  int got = conn_read_request (conn, &wire, sizeof wire.compact);
 
-  if (conn_read (conn, &wire, sizeof wire.compact) == -1 ||
+  if (got == -1 && errno == EAGAIN)
+    return 2;
+  if (got == -1 ||
       (be32toh (wire.compact.magic) == want && conn->extended &&
        conn_read (conn, (char *) &wire + sizeof wire.compact, tail) == -1)) {
     if (errno == 0)                                               /* */
@@ -218,18 +219,23 @@ request_header_recv (struct connection *conn, struct request *r)
   return 1;
 }
 
+/* Read one request.  Returns 1 with W filled, 0 when this worker should
+ * stop (EOF, DISC, a dead stream), 2 when the client is idle.  Caller
+ * holds read_lock.
+ */
 static int
 request_recv (struct connection *conn, struct work *w)
 {
   struct validate_state st;
   struct request *r = &w->req;
+  int ret;
 
   w->big = false;
   w->in_place = false;
   if (atomic_load (&conn->status) < CONN_ACTIVE)                  /* */
     return 0;
-  if (request_header_recv (conn, r) == 0)
-    return 0;
+  if ((ret = request_header_recv (conn, r)) != 1)
+    return ret;
   if (r->type == NBD_CMD_DISC) {                                  /* */
     debug ("client sent DISC");
     conn_set_status (conn, CONN_CLIENT_DONE);
@@ -583,9 +589,10 @@ request_is_fast (const struct connection *conn, const struct work *w)
 /* One worker.  While requests are fast it keeps the read lock, running
  * them inline and batching their replies; a slow request makes it let
  * go of the lock (after flushing the batch) so another worker reads the
- * next request while this one waits on the plugin.
+ * next request while this one waits on the plugin.  When the client
+ * goes quiet the worker leaves (conn_idle) and returns true.
  */
-void
+bool
 protocol_worker (struct connection *conn)
 {
   bool locked = false;
@@ -601,6 +608,11 @@ protocol_worker (struct connection *conn)
       locked = true;
     }
     r = request_recv (conn, &w);
+    if (r == 2) {
+      if (!conn_idle (conn))
+        return true;
+      continue;                 /* still ours, read_lock held */
+    }
     if (r == 1 && request_is_fast (conn, &w))
       request_answer (conn, true, &w);
     else {
@@ -615,6 +627,6 @@ protocol_worker (struct connection *conn)
     if (w.big)
       big_release (conn);
     if (r == 0)
-      break;
+      return false;
   }
 }

@@ -1,6 +1,7 @@
 /* nbdsrv: listening (TCP, Unix, vsock, systemd socket activation) and
- * accepting.  Each accepted client gets a detached thread that runs the
- * handshake and then becomes its first worker.
+ * accepting.  A small pool of threads accepts clients and wakes parked
+ * ones (park.c); the thread that accepts a client runs its handshake
+ * and then serves it until it goes idle.
  */
 #include "config.h"
 
@@ -22,6 +23,7 @@
 
 #include "internal.h"
 #include "connection.h"
+#include "park.h"
 #include "socket.h"
 
 #define LISTEN_BACKLOG 1024
@@ -332,61 +334,61 @@ conn_accepted (int fd, const struct sockaddr_storage *peer,
   return conn;
 }
 
-/* Acceptor threads.  The thread that accepts a client serves it
- * itself, so a new client never waits for another thread to be created
- * or scheduled (the connection-rate case: connect, one request, leave).
- * Before serving it makes sure another acceptor is waiting; when its
- * client leaves it waits for the next, unless enough already wait.
+/* Acceptor threads: a small pool that waits on park.c's set for a new
+ * client or a parked one with something to say.  The thread that
+ * takes a new client serves it itself, so a new client never waits for
+ * another thread to be created or scheduled (the connection-rate case:
+ * connect, one request, leave); it serves the handshake and the
+ * requests until the client goes quiet and the connection parks, then
+ * waits again.  Before serving, a thread makes sure another one waits.
+ * Threads beyond ACCEPTORS_IDLE_MAX waiting leave after LINGER_MS with
+ * nothing to do: long enough that a burst of clients (filling, or all
+ * leaving at once) reuses threads instead of starting one per client,
+ * short enough that the thread count is back to its base within a
+ * second of the burst.
  */
 #define ACCEPTORS_IDLE_MAX 2
+#define LINGER_MS 200
 
-static atomic_uint acceptors_idle;      /* waiting for a client */
+static atomic_uint acceptors_idle;      /* waiting for work */
 static unsigned acceptors;              /* alive, under acceptors_lock */
 static pthread_mutex_t acceptors_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t acceptors_cond = PTHREAD_COND_INITIALIZER;
 
-/* Wait for the next client.  With one listener (the usual case) the
- * acceptors block in accept(), where the kernel wakes exactly one of
- * them per client; with several they poll the non-blocking listeners
- * and the losers of a race just wait again.  Returns -1 once the
- * server is quitting (accept_loop shuts the listeners down to wake
- * blocked acceptors); otherwise the client's fd, its address in PEER.
- */
-static int
-accept_next (const struct listeners *l, struct sockaddr_storage *peer,
-             socklen_t *peer_len)
+static int acceptor_spawn (struct listeners *l);
+
+/* A waiting thread beyond ACCEPTORS_IDLE_MAX counts itself out. */
+static bool
+acceptor_surplus_leave (void)
 {
-  struct pollfd fds[sizeof l->fds / sizeof l->fds[0] + 1];
-  size_t n = l->n;
+  unsigned idle = atomic_load (&acceptors_idle);
 
-  for (size_t i = 0; i < n; i++)
-    fds[i] = (struct pollfd) { .fd = l->fds[i], .events = POLLIN };
-  fds[n] = (struct pollfd) { .fd = quit_fd, .events = POLLIN };
-  while (!quit) {
-    if (n > 1 && poll (fds, n + 1, -1) == -1 && errno != EINTR) {
-      server_error ("poll: %m");
-      return -1;
-    }
-    for (size_t i = 0; i < n && !quit; i++) {
-      int fd;
-
-      if (n > 1 && !(fds[i].revents & POLLIN))
-        continue;
-      *peer_len = sizeof *peer;
-      fd = accept4 (fds[i].fd, (struct sockaddr *) peer, peer_len,
-                    SOCK_CLOEXEC);
-      if (fd >= 0)
-        return fd;
-      if (quit || errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
-        continue;
-      server_error ("accept: %m");
-      poll (NULL, 0, 100);      /* EMFILE and the like: do not spin */
-    }
-  }
-  return -1;
+  do {
+    if (idle <= ACCEPTORS_IDLE_MAX)
+      return false;
+  } while (!atomic_compare_exchange_weak (&acceptors_idle, &idle, idle - 1));
+  return true;
 }
 
-static int acceptor_spawn (struct listeners *l);
+/* Accept the client waiting on LISTENER.  Returns its fd, or -1 after
+ * a lost race (another thread took it) or a transient error.
+ */
+static int
+acceptor_accept (int listener, struct sockaddr_storage *peer,
+                 socklen_t *peer_len)
+{
+  int fd;
+
+  *peer_len = sizeof *peer;
+  fd = accept4 (listener, (struct sockaddr *) peer, peer_len,
+                SOCK_CLOEXEC);
+  if (fd == -1 && errno != EINTR && errno != EAGAIN &&
+      errno != ECONNABORTED) {
+    server_error ("accept: %m");
+    poll (NULL, 0, 100);        /* EMFILE and the like: do not spin */
+  }
+  return fd;
+}
 
 static void *
 acceptor_thread (void *arg)
@@ -394,26 +396,38 @@ acceptor_thread (void *arg)
   struct listeners *l = arg;
 
   for (;;) {
+    int timeout = atomic_load (&acceptors_idle) > ACCEPTORS_IDLE_MAX
+      ? LINGER_MS : -1;
+    int *listener = NULL, fd = -1;
+    struct connection *conn = NULL;
     struct sockaddr_storage peer;
     socklen_t peer_len;
-    int fd = accept_next (l, &peer, &peer_len);
-    struct connection *conn;
-    unsigned idle;
+    enum park_ready what = quit ? PARK_QUIT
+      : park_wait (timeout, &listener, &conn);
 
-    if (fd == -1)
+    if (what == PARK_QUIT)
       break;
+    if (what == PARK_TIMER) {
+      conns_sweep_greeted ();
+      continue;
+    }
+    if (what == PARK_TIMEOUT) {
+      if (acceptor_surplus_leave ()) {
+        conns_trim ();
+        goto out_exit;
+      }
+      continue;
+    }
+    if (what == PARK_LISTENER &&
+        (quit || (fd = acceptor_accept (*listener, &peer, &peer_len)) == -1))
+      continue;                 /* still waiting, as counted */
     if (atomic_fetch_sub (&acceptors_idle, 1) == 1)
       acceptor_spawn (l);
-    conn = conn_accepted (fd, &peer, peer_len);
-    if (conn)
+    if (fd == -1)
+      conn_resume (conn);
+    else if ((conn = conn_accepted (fd, &peer, peer_len)) != NULL)
       conn_serve (conn);
-    /* Wait again only while fewer than ACCEPTORS_IDLE_MAX wait. */
-    idle = atomic_load (&acceptors_idle);
-    do {
-      if (idle >= ACCEPTORS_IDLE_MAX)
-        goto out_exit;
-    } while (!atomic_compare_exchange_weak (&acceptors_idle, &idle,
-                                            idle + 1));
+    atomic_fetch_add (&acceptors_idle, 1);
   }
   atomic_fetch_sub (&acceptors_idle, 1);
  out_exit:
@@ -443,25 +457,32 @@ acceptor_spawn (struct listeners *l)
   return r == 0 ? 0 : -1;
 }
 
-/* Serve until quit.  The main thread only starts the first acceptor
- * and waits; accepting and serving happen in acceptor threads.
+/* Serve until quit.  The main thread only sets up the wait set, starts
+ * the first acceptors and waits; accepting and serving happen in
+ * acceptor threads.  The listeners are non-blocking: several threads
+ * may wake for one client, and the losers just wait again.
  */
 void
 accept_loop (struct listeners *l)
 {
   struct pollfd pfd = { .fd = quit_fd, .events = POLLIN };
 
-  if (l->n > 1)
-    for (size_t i = 0; i < l->n; i++)
-      fcntl (l->fds[i], F_SETFL, fcntl (l->fds[i], F_GETFL) | O_NONBLOCK);
+  if (park_init () == -1) {
+    quit_set ();
+    return;
+  }
+  for (size_t i = 0; i < l->n; i++) {
+    fcntl (l->fds[i], F_SETFL, fcntl (l->fds[i], F_GETFL) | O_NONBLOCK);
+    if (park_add_listener (&l->fds[i]) == -1) {
+      quit_set ();
+      return;
+    }
+  }
   for (int i = 0; i < ACCEPTORS_IDLE_MAX; i++)
     if (acceptor_spawn (l) == -1)
       quit_set ();
   while (!quit)
     poll (&pfd, 1, -1);
-  /* Wake acceptors blocked in accept(): it fails once shut down. */
-  for (size_t i = 0; i < l->n; i++)
-    shutdown (l->fds[i], SHUT_RD);
 }
 
 /* After quit.  ALL false: wait until no acceptor is waiting on the

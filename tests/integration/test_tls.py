@@ -18,6 +18,7 @@ import pytest
 
 import nbdraw
 from conftest import BUILD, NBDSRV, NBDKIT
+from test_idle_clients import THREADS_MAX, poll_until, threads
 from util import nbd
 
 PROBE = os.path.join(BUILD, "tests", "plugins", "nbdkit-apiprobe-plugin.so")
@@ -227,6 +228,25 @@ def test_libnbd_read_write(server, pki, auth):
     h.pwrite(big, 16 << 20)
     assert h.pread(len(big), 16 << 20) == big
     h.shutdown()
+
+
+def test_idle_tls_clients_park(server, pki):
+    """TLS connections that go quiet give their threads back (parking,
+    issue 11) and are served again when they ask, with nothing lost from
+    the TLS stream."""
+    srv = server(*psk_args(pki), "memory", "size=1M")
+    hs = [connect(srv, pki, psk=pki.psk) for _ in range(20)]
+    try:
+        for i, h in enumerate(hs):
+            h.pwrite(bytes([i + 1]) * 4096, i * 4096)
+        poll_until(lambda: threads(srv.pid) <= THREADS_MAX,
+                   "at most %d threads with 20 idle TLS clients"
+                   % THREADS_MAX)
+        for i, h in enumerate(hs):
+            assert h.pread(4096, i * 4096) == bytes([i + 1]) * 4096
+    finally:
+        for h in hs:
+            h.shutdown()
 
 
 @pytest.fixture
