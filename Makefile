@@ -77,6 +77,7 @@ fuzz: test-deps
 bench: test-deps all
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 	$(PYTHON) bench/holes.py
+	$(PYTHON) bench/idle_clients.py
 
 # Point the build at PREFIX/LIBDIR before building, so the directories
 # compiled into nbdsrv are the ones it is installed to; `ninja
