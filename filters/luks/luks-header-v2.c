@@ -256,7 +256,10 @@ parse_kdf (struct meta *m, const struct luks_json_node *kdf,
   return 0;
 }
 
-/* The key slot NAME (linked to the segment's digest) into S. */
+/* The key slot NAME (linked to the segment's digest) into S: 1, or 0
+ * for a slot that cryptsetup would not try with a passphrase either
+ * (priority 0, "ignore"), or -1 after an error.
+ */
 static int
 parse_keyslot (struct meta *m, const struct luks_json_node *slots,
                const char *name, size_t key_bytes, struct luks_keyslot *s)
@@ -268,7 +271,7 @@ parse_keyslot (struct meta *m, const struct luks_json_node *slots,
   char *end;
 
   id = strtoul (name, &end, 10);
-  if (ks == NULL || *end || id >= LUKS_MAX_SLOTS)
+  if (ks == NULL || end == name || *end || id >= LUKS_MAX_SLOTS)
     return bad ("key slot", name);
   memset (s, 0, sizeof *s);
   s->id = id;
@@ -299,9 +302,16 @@ parse_keyslot (struct meta *m, const struct luks_json_node *slots,
     return bad ("key slot", name);
   s->stripes = stripes;
   s->area_offset = off;
-  if (parse_encryption (enc, akey, &s->area_cipher) == -1)
+  if (luks_json_get (&m->doc, ks, "priority") != NULL &&
+      luks_json_u64 (luks_json_get (&m->doc, ks, "priority"), &id) == 0 &&
+      id == 0) {
+    nbdkit_debug ("luks: key slot %s has priority \"ignore\"", name);
+    return 0;
+  }
+  if (parse_encryption (enc, akey, &s->area_cipher) == -1 ||
+      parse_kdf (m, luks_json_get (&m->doc, ks, "kdf"), &s->kdf) == -1)
     return -1;
-  return parse_kdf (m, luks_json_get (&m->doc, ks, "kdf"), &s->kdf);
+  return 1;
 }
 
 static int
@@ -403,6 +413,7 @@ parse_metadata (struct meta *m, struct luks_header *h)
   const struct luks_json_node *segs, *seg, *slots, *n, *ks;
   const char *enc;
   uint64_t key_bytes;
+  int r;
 
   if (check_requirements (m, root) == -1)
     return -1;
@@ -435,11 +446,12 @@ parse_metadata (struct meta *m, struct luks_header *h)
        n = luks_json_next (&m->doc, n)) {
     if (h->nr_slots == LUKS_MAX_SLOTS || luks_json_string (n) == NULL)
       return bad ("digest keyslots", "list");
-    if (parse_keyslot (m, luks_json_get (&m->doc, root, "keyslots"),
+    r = parse_keyslot (m, luks_json_get (&m->doc, root, "keyslots"),
                        luks_json_string (n), key_bytes,
-                       &h->slots[h->nr_slots]) == -1)
+                       &h->slots[h->nr_slots]);
+    if (r == -1)
       return -1;
-    h->nr_slots++;
+    h->nr_slots += r;
   }
   return 0;
 }

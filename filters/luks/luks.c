@@ -382,6 +382,9 @@ luks_cache (nbdkit_next *next, void *handle, uint32_t count,
   uint64_t start = offset / ss * ss;
   uint64_t end = MIN ((offset + count + ss - 1) / ss * ss, h->size);
 
+  /* Rounding out may pass what one request can carry. */
+  if (end - start > UINT32_MAX)
+    end -= ss;
   return next->cache (next, end - start, h->hdr.payload_offset + start,
                       flags, err);
 }

@@ -580,6 +580,11 @@ def test_v2_second_key_slot(server, impl, v2_images, tmp_path):
         assert h.pread(4096, 0) == pattern(4096, v2_seed("argon2id-4k"))
         h.shutdown()
         srv.stop()
+    # A slot of priority "ignore" is not tried, as by cryptsetup open.
+    subprocess.run(["cryptsetup", "config", "--priority", "ignore",
+                    "--key-slot", "1", str(image)], check=True, timeout=60)
+    srv = start(server, impl, image, "passphrase=+%s" % new)
+    assert "passphrase is not correct" in refused(srv)
 
 
 def test_nbdkit_refuses_v2(server, v2_images):
