@@ -348,6 +348,20 @@ parse_segment (struct meta *m, const struct luks_json_node *seg,
   return 0;
 }
 
+/* Whether the JSON array LIST holds the string NAME. */
+static int
+list_has (struct meta *m, const struct luks_json_node *list,
+          const char *name)
+{
+  const struct luks_json_node *n;
+
+  for (n = luks_json_first (&m->doc, list); n;
+       n = luks_json_next (&m->doc, n))
+    if (strcmp (luks_json_string (n) ?: "", name) == 0)
+      return 1;
+  return 0;
+}
+
 /* The digest linked to segment SEG_NAME into H; its keyslots list in
  * *SLOTS.
  */
@@ -356,19 +370,16 @@ parse_digest (struct meta *m, const struct luks_json_node *digests,
               const char *seg_name, struct luks_header *h,
               const struct luks_json_node **slots)
 {
-  const struct luks_json_node *d, *n;
+  const struct luks_json_node *d;
   const char *type, *hash;
   uint64_t iter;
 
   for (d = luks_json_first (&m->doc, digests); d;
        d = luks_json_next (&m->doc, d))
-    for (n = luks_json_first (&m->doc,
-                              luks_json_get (&m->doc, d, "segments"));
-         n; n = luks_json_next (&m->doc, n))
-      if (strcmp (luks_json_string (n) ?: "", seg_name) == 0)
-        goto found;
-  return bad ("digests", "has none for the data segment");
- found:
+    if (list_has (m, luks_json_get (&m->doc, d, "segments"), seg_name))
+      break;
+  if (d == NULL)
+    return bad ("digests", "has none for the data segment");
   if ((type = get_string (m, d, "type")) == NULL ||
       (hash = get_string (m, d, "hash")) == NULL ||
       get_u64 (m, d, "iterations", &iter) == -1 ||
