@@ -2,8 +2,8 @@
  *
  * Each connection reads the LUKS header in .prepare (LUKSv1 as nbdkit
  * 1.32 does, and LUKSv2 as well), unlocks a key slot with the
- * passphrase, and then decrypts reads and encrypts writes sector by
- * sector.  A wrong passphrase or a bad header fails that connection,
+ * passphrase (once per volume: luks-keycache.c), and then decrypts
+ * reads and encrypts writes sector by sector.  A wrong passphrase or a bad header fails that connection,
  * as in nbdkit: the filter cannot read the disk before a client comes.
  * Requests that cover part of a sector are read-modify-write.
  */
@@ -46,6 +46,7 @@ struct handle {
 static void
 luks_unload (void)
 {
+  luks_keycache_wipe ();
   if (passphrase) {
     gnutls_memset (passphrase, 0, strlen (passphrase));
     free (passphrase);
@@ -169,8 +170,12 @@ luks_prepare (nbdkit_next *next, void *handle, int readonly)
                 h->hdr.cipher.name, h->hdr.key_bytes * 8,
                 h->hdr.sector_size, h->hdr.payload_offset, h->size);
 
-  if (luks_keyslot_unlock (next, &h->hdr, passphrase, key) == -1)
+  if (luks_keycache_lookup (&h->hdr, key))
+    nbdkit_debug ("luks: volume key unlocked by an earlier connection");
+  else if (luks_keyslot_unlock (next, &h->hdr, passphrase, key) == -1)
     return -1;
+  else
+    luks_keycache_store (&h->hdr, key);
   luks_pool_init (&h->pool, &h->hdr.cipher, key);
   gnutls_memset (key, 0, sizeof key);
   h->unlocked = 1;

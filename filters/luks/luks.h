@@ -185,6 +185,16 @@ extern void luks_pool_put (struct luks_pool *p, struct luks_pool_entry *e);
 /* Grow E's bounce buffer to at least LEN; -1 after nbdkit_error. */
 extern int luks_pool_reserve (struct luks_pool_entry *e, size_t len);
 
+/* luks-keycache.c: volume keys unlocked by earlier connections.
+ * lookup copies the key for H's volume into KEY and returns 1, or
+ * returns 0; store remembers KEY (H->key_bytes) for H's volume; wipe
+ * forgets them all, at unload.
+ */
+extern int luks_keycache_lookup (const struct luks_header *h, uint8_t *key);
+extern void luks_keycache_store (const struct luks_header *h,
+                                 const uint8_t *key);
+extern void luks_keycache_wipe (void);
+
 /* Parse a hash name ("sha256", ...) as used in LUKS headers. */
 extern gnutls_digest_algorithm_t luks_hash_parse (const char *name);
 

@@ -635,3 +635,18 @@ def test_v2_bad_header(server, v2_images, tmp_path, case, expect):
     err = refused(srv)
     msgs = [l for l in err.splitlines() if "luks" in l and "error" in l]
     assert len(msgs) == 1 and expect in msgs[0], err
+
+
+@pytest.mark.parametrize("impl", OURS)
+def test_key_slot_opened_once_per_volume(server, impl, v2_images):
+    """Later connections reuse the volume key the first one unlocked,
+    instead of paying for Argon2 again (nbdkit unlocks every time)."""
+    srv = start(server, impl, v2_images["argon2id-4k"], "-v",
+                "passphrase=" + SECRET)
+    for _ in range(3):
+        h = connect(srv)
+        assert h.pread(4096, 0) == pattern(4096, v2_seed("argon2id-4k"))
+        h.shutdown()
+    err = srv.stderr_text()
+    assert err.count("key slot 0 unlocked the volume") == 1
+    assert err.count("volume key unlocked by an earlier connection") == 2
