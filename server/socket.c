@@ -485,9 +485,10 @@ accept_loop (struct listeners *l)
     poll (&pfd, 1, -1);
 }
 
-/* After quit.  ALL false: wait until no acceptor is waiting on the
- * listeners, so they can be closed (busy acceptors see quit before they
- * would poll again).  ALL true: wait until every acceptor has exited.
+/* After quit.  ALL false: wait until no acceptor is waiting in park.c's
+ * set, so the listeners can be closed and the main thread may take the
+ * parked connections' events (busy acceptors see quit before they
+ * would wait again).  ALL true: wait until every acceptor has exited.
  */
 void
 acceptors_wait (bool all)
