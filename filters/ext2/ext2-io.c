@@ -3,9 +3,9 @@
  *
  * Blocks are in units of the channel's block size, which libext2fs
  * sets once it has read the superblock; a negative count is a length
- * in bytes instead.  Nothing is cached here: libext2fs keeps its own
- * buffers (the file's current block, bitmaps, inodes), so each call
- * goes straight to the layer below.
+ * in bytes instead.  libext2fs keeps its own buffers (the file's
+ * current block, bitmaps, inodes); here only the last single-block
+ * reads are kept (ext2-cache.h), and writes go straight below.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ext2-cache.h"
 #include "ext2-io.h"
 #include "minmax.h"
 
@@ -30,6 +31,7 @@ struct ext2_io_private {
   uint64_t size;                /* of the layer below, bytes */
   bool rw;                      /* opened with IO_FLAG_RW */
   struct struct_io_stats stats; /* for the superblock's kbytes_written */
+  struct ext2_cache cache;      /* recent single-block reads */
 };
 
 void
@@ -90,6 +92,7 @@ ext2_io_close (io_channel io)
   EXT2_CHECK_MAGIC (io, EXT2_ET_MAGIC_IO_CHANNEL);
   if (--io->refcount > 0)
     return 0;
+  ext2_cache_free (&((struct ext2_io_private *) io->private_data)->cache);
   free (io->private_data);
   free (io->name);
   free (io);
@@ -159,6 +162,7 @@ ext2_io_pwrite (struct ext2_io_private *priv, const char *data,
 
   if (!priv->rw)
     return EROFS;
+  ext2_cache_drop (&priv->cache, offset, len);
   for (*done = 0; *done < avail; ) {
     uint32_t n = MIN (avail - *done, (uint64_t) PIECE_MAX);
 
@@ -175,13 +179,19 @@ static errcode_t
 ext2_io_read_blk64 (io_channel io, unsigned long long block, int count,
                     void *data)
 {
+  struct ext2_io_private *priv;
   uint64_t offset, len = 0, done = 0;
   errcode_t r;
 
   EXT2_CHECK_MAGIC (io, EXT2_ET_MAGIC_IO_CHANNEL);
+  priv = io->private_data;
   r = ext2_io_range (io, block, count, &offset, &len);
+  if (r == 0 && ext2_cache_get (&priv->cache, offset, len, data))
+    return 0;
   if (r == 0)
-    r = ext2_io_pread (io->private_data, data, len, offset, &done);
+    r = ext2_io_pread (priv, data, len, offset, &done);
+  if (r == 0 && count == 1)
+    ext2_cache_put (&priv->cache, offset, len, data);
   /* libext2fs's hook, for programs that want to see bad blocks. */
   if (r && io->read_error)
     r = io->read_error (io, block, count, data, len, done, r);

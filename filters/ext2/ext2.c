@@ -21,6 +21,7 @@
 
 #include "ext2-io.h"
 #include "ext2-map.h"
+#include "ext2-read.h"
 
 static const char *ext2file;    /* ext2file=, borrowed; NULL until given */
 static bool by_exportname;      /* ext2file=exportname */
@@ -30,7 +31,8 @@ struct handle {
   bool rw;                      /* filesystem and file open for writing */
   ext2_filsys fs;               /* open from prepare to finalize */
   ext2_file_t file;             /* the same */
-  char *map_buf;                /* owned: 3 blocks for ext2_map_extents */
+  char *map_buf;                /* owned: 3 blocks for libext2fs's block
+                                 * lookups, 1 for partial-block reads */
 };
 
 static void
@@ -230,7 +232,7 @@ ext2_prepare (nbdkit_next *next, void *handle, int readonly)
   ext2_io_name (next, device);
   if (ext2_open_file (h, device) == -1)
     goto out_close;
-  h->map_buf = malloc (3 * (size_t) h->fs->blocksize);
+  h->map_buf = malloc (4 * (size_t) h->fs->blocksize);
   if (h->map_buf == NULL) {
     nbdkit_error ("ext2: %m");
     goto out_close;
@@ -370,11 +372,11 @@ ext2_sync (struct handle *h)
   return io_channel_flush (h->fs->io);
 }
 
-static int
-ext2_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
-            uint64_t offset, uint32_t flags, int *err)
+/* Through the file's one-block buffer: for data kept in the inode. */
+static errcode_t
+ext2_read_buffered (struct handle *h, char *buf, uint32_t count,
+                    uint64_t offset)
 {
-  struct handle *h = handle;
   unsigned int got;
   errcode_t e;
 
@@ -383,8 +385,27 @@ ext2_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
     e = ext2fs_file_read (h->file, buf, count, &got);
     if (e == 0 && got == 0)
       e = EXT2_ET_SHORT_READ;   /* the file ends before its size */
-    buf = (char *) buf + got;
+    buf += got;
     count -= got;
+  }
+  return e;
+}
+
+static int
+ext2_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
+            uint64_t offset, uint32_t flags, int *err)
+{
+  struct handle *h = handle;
+  errcode_t e;
+
+  if (ext2fs_file_get_inode (h->file)->i_flags & EXT4_INLINE_DATA_FL)
+    e = ext2_read_buffered (h, buf, count, offset);
+  else {
+    /* A block written but still in the file's buffer is read below. */
+    e = h->rw ? ext2fs_file_flush (h->file) : 0;
+    if (e == 0)
+      e = ext2_read_runs (h->file, buf, count, offset, h->map_buf,
+                          h->map_buf + 3 * h->fs->blocksize);
   }
   return e ? ext2_fail (h, "read", e, err) : 0;
 }

@@ -253,6 +253,63 @@ def test_inside_a_partition(server, impl, tmp_path):
                 tmp_path) == disk[:99996] + b"part"
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fragmented_file(server, impl, tmp_path):
+    """Writes into a sparse file in random order scatter its blocks
+    over the disk; reads of any alignment across them, and debugfs,
+    see what was written."""
+    size = 1 << 20
+    img = mkfs(tmp_path, {"s": size}, fstype="ext4")
+    srv = start(server, impl, "file", img, "ext2file=/s")
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    rnd = random.Random(14)
+    model = bytearray(size)
+    offsets = list(range(0, size, 8192))
+    rnd.shuffle(offsets)
+    for off in offsets[:60]:
+        chunk = bytes([rnd.randrange(1, 256)]) * 3000
+        h.pwrite(chunk, off + 100)
+        model[off + 100:off + 3100] = chunk
+    assert h.pread(size, 0) == model
+    for _ in range(40):
+        off = rnd.randrange(size)
+        n = rnd.randrange(1, min(size - off, 70000) + 1)
+        assert h.pread(n, off) == model[off:off + n], (off, n)
+    h.shutdown()
+    srv.stop()
+    stat = run(["debugfs", "-R", "stat /s", img], text=True)
+    assert stat.count("-") > 10, "the file is not fragmented: " + stat
+    assert dump(img, "/s", tmp_path) == bytes(model)
+    assert fsck(img) == 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_inline_data(server, impl, tmp_path):
+    """ext4 with inline_data keeps a small file in its inode: it reads
+    and writes too."""
+    img = str(tmp_path / "inline.img")
+    tree = tmp_path / "inline.tree"
+    tree.mkdir()
+    (tree / "t").write_bytes(b"tiny inline\n")
+    run(["mkfs.ext4", "-q", "-F", "-O", "inline_data", "-d", str(tree),
+         img, "32M"])
+    assert "Size of inline data" in run(["debugfs", "-R", "stat /t", img],
+                                        text=True)
+    srv = start(server, impl, "file", img, "ext2file=/t")
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    assert h.pread(12, 0) == b"tiny inline\n"
+    h.pwrite(b"TINY", 0)
+    assert h.pread(12, 0) == b"TINY inline\n"
+    h.shutdown()
+    srv.stop()
+    # debugfs dumps the whole inline area (60 bytes), not the size.
+    assert dump(img, "/t", tmp_path)[:12] == b"TINY inline\n"
+    assert "Size: 12\n" in run(["debugfs", "-R", "stat /t", img], text=True)
+    assert fsck(img) == 0
+
+
 # ------------------------------------------------------------ read-only
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -353,6 +410,41 @@ def test_nbdkit_extents_are_the_images(server, tmp_path):
     assert "hole" in listing
     run(["nbdcopy", srv.uri, str(tmp_path / "copy")])
     assert (tmp_path / "copy").read_bytes() != disk
+
+
+@pytest.mark.parametrize("impl", OURS)
+def test_unwritten_extent(server, impl, tmp_path):
+    """Blocks allocated but never written (fallocate) read as zeros and
+    are reported as zeros that are not a hole; written, they are data."""
+    img = mkfs(tmp_path, {"s": 1 << 20}, size="32M")
+    run(["debugfs", "-w", "-R", "fallocate /s 10 99", img])
+    assert "[u]" in run(["debugfs", "-R", "stat /s", img], text=True)
+    srv = start(server, impl, "file", img, "ext2file=/s")
+    h = nbd.NBD()
+    h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+    h.connect_uri(srv.uri)
+    entries = []
+
+    def cb(meta, off, e, err):
+        entries.extend(zip(e[0::2], e[1::2]))
+        return 0
+
+    h.block_status(1 << 20, 0, cb)
+    assert h.pread(200000, 0) == bytes(200000)
+    hole = nbd.STATE_HOLE | nbd.STATE_ZERO
+    assert [t for _, t in entries] == [hole, nbd.STATE_ZERO, hole]
+    # 1 KiB blocks (a 32 MiB filesystem): blocks 10 to 99.
+    assert entries[0][0] == 10 * 1024 and entries[1][0] == 90 * 1024
+    h.pwrite(b"u" * 1024, 20 * 1024)
+    assert h.pread(3072, 19 * 1024) == bytes(1024) + b"u" * 1024 + \
+        bytes(1024)
+    entries.clear()
+    h.block_status(3072, 19 * 1024, cb)
+    assert entries == [(1024, nbd.STATE_ZERO), (1024, 0),
+                       (1024, nbd.STATE_ZERO)]
+    h.shutdown()
+    srv.stop()
+    assert fsck(img) == 0
 
 
 @pytest.mark.parametrize("impl", OURS)
