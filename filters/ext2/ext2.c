@@ -178,6 +178,23 @@ ext2_close (void *handle)
   free (h);
 }
 
+/* What to do when ext2fs_open fails with E. */
+static const char *
+ext2_open_hint (errcode_t e)
+{
+  switch (e) {
+  case EXT2_ET_BAD_MAGIC:
+    return ": the disk below must hold an ext2, ext3 or ext4 filesystem "
+      "(for a partitioned disk, add --filter=partition partition=N)";
+  case EXT2_ET_RO_UNSUPP_FEATURE:
+    return ": libext2fs can only read this filesystem: serve it with -r";
+  case EXT2_ET_UNSUPP_FEATURE:
+    return ": the filesystem uses features this libext2fs does not know: "
+      "a newer e2fsprogs may";
+  }
+  return "";
+}
+
 /* Opens the filesystem and the file: the errors a user can cause. */
 static int
 ext2_open_file (struct handle *h, const char *device)
@@ -190,9 +207,8 @@ ext2_open_file (struct handle *h, const char *device)
                    0, 0, ext2_io_manager, &h->fs);
   if (e) {
     h->fs = NULL;
-    nbdkit_error ("ext2: open: %s: the disk below must hold an ext2, "
-                  "ext3 or ext4 filesystem (for a partitioned disk, add "
-                  "--filter=partition partition=N)", error_message (e));
+    nbdkit_error ("ext2: open: %s%s", error_message (e),
+                  ext2_open_hint (e));
     return -1;
   }
   e = ext2fs_namei (h->fs, EXT2_ROOT_INO, EXT2_ROOT_INO, h->path, &ino);

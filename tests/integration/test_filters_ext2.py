@@ -92,6 +92,17 @@ def fsck(img):
                           timeout=RUN_TIMEOUT).returncode
 
 
+def stop_settled(srv, export=""):
+    """Stop SRV once it has closed every earlier connection, so the
+    image is complete: a client's disconnect returns before the server
+    has written out the filesystem, and SIGTERM would cut that short.
+    Connections are serialized, so a new one is served only after."""
+    h = nbd.NBD()
+    h.connect_uri(srv.uri_for(export) if export else srv.uri)
+    h.shutdown()
+    srv.stop()
+
+
 def data(n, seed):
     return random.Random(seed).randbytes(n)
 
@@ -153,7 +164,7 @@ def test_write_lands_in_image(server, impl, tmp_path):
     run(["qemu-io", "-f", "raw", "-c", "write -P 0x41 4096 8192",
          "-c", "write -P 0x42 100 7", "-c", "write -z 65536 65536",
          "-c", "write -P 0x43 1048575 1", srv.uri])
-    srv.stop()
+    stop_settled(srv)
     want = bytearray(disk)
     want[4096:4096 + 8192] = b"A" * 8192
     want[100:107] = b"B" * 7
@@ -176,7 +187,7 @@ def test_write_into_holes(server, impl, tmp_path):
     h.pwrite(b"y" * 3, (8 << 20) - 3)
     assert h.pread(5002, (3 << 20) - 1) == b"\0" + b"x" * 5000 + b"\0"
     h.shutdown()
-    srv.stop()
+    stop_settled(srv)
     want = bytearray(8 << 20)
     want[3 << 20:(3 << 20) + 5000] = b"x" * 5000
     want[-3:] = b"yyy"
@@ -203,7 +214,7 @@ def test_flush_leaves_a_consistent_image(server, impl, tmp_path):
         assert status != 0 and status_fua != 0
     else:
         assert status == 0 and status_fua == 0
-    srv.stop()
+    stop_settled(srv)
     assert fsck(img) == 0
 
 
@@ -245,7 +256,7 @@ def test_inside_a_partition(server, impl, tmp_path):
     assert h.pread(len(disk), 0) == disk
     h.pwrite(b"part", 99996)
     h.shutdown()
-    srv.stop()
+    stop_settled(srv)
     with open(img, "rb") as src:
         src.seek(5 << 20)
         (tmp_path / "fs-out.img").write_bytes(src.read(8 << 20))
@@ -277,7 +288,7 @@ def test_fragmented_file(server, impl, tmp_path):
         n = rnd.randrange(1, min(size - off, 70000) + 1)
         assert h.pread(n, off) == model[off:off + n], (off, n)
     h.shutdown()
-    srv.stop()
+    stop_settled(srv)
     stat = run(["debugfs", "-R", "stat /s", img], text=True)
     assert stat.count("-") > 10, "the file is not fragmented: " + stat
     assert dump(img, "/s", tmp_path) == bytes(model)
@@ -303,7 +314,7 @@ def test_inline_data(server, impl, tmp_path):
     h.pwrite(b"TINY", 0)
     assert h.pread(12, 0) == b"TINY inline\n"
     h.shutdown()
-    srv.stop()
+    stop_settled(srv)
     # debugfs dumps the whole inline area (60 bytes), not the size.
     assert dump(img, "/t", tmp_path)[:12] == b"TINY inline\n"
     assert "Size: 12\n" in run(["debugfs", "-R", "stat /t", img], text=True)
@@ -342,7 +353,7 @@ def test_readonly_flag_writes_nothing(server, impl, tmp_path):
     assert h.pread(50000, 0) == data(50000, 6)
     h.flush()
     h.shutdown()
-    srv.stop()
+    stop_settled(srv)
     assert hashlib.sha256(open(img, "rb").read()).hexdigest() == before
 
 
@@ -368,7 +379,7 @@ def test_exportname_picks_the_file(server, impl, tmp_path):
     listing = run(["nbdinfo", "--list", "--json", srv.uri], text=True)
     assert '"exports": [\n  ]' in listing or '"exports": []' in listing
     assert srv.alive()
-    srv.stop()
+    stop_settled(srv, "/one.bin")
     assert dump(img, "/dir/two.bin", tmp_path) == b"a" * 10 + two[10:]
     assert 'default export ("") not permitted' in srv.stderr_text()
 
@@ -443,7 +454,7 @@ def test_unwritten_extent(server, impl, tmp_path):
     assert entries == [(1024, nbd.STATE_ZERO), (1024, 0),
                        (1024, nbd.STATE_ZERO)]
     h.shutdown()
-    srv.stop()
+    stop_settled(srv)
     assert fsck(img) == 0
 
 
@@ -533,6 +544,26 @@ def test_not_ext2_refused_at_connection(server, impl, tmp_path):
     assert "Bad magic number in super-block" in err
     if impl != "nbdkit":
         assert "--filter=partition" in err
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_read_only_feature(server, impl, tmp_path):
+    """A filesystem with a read-only-compatible feature libext2fs does
+    not know: refused for writing, served with -r."""
+    img = mkfs(tmp_path, {"f": b"hi\n"})
+    run(["debugfs", "-w", "-R", "ssv feature_ro_compat 0x40000000", img])
+    srv = start(server, impl, "file", img, "ext2file=/f")
+    with pytest.raises(nbd.Error):
+        nbd.NBD().connect_uri(srv.uri)
+    err = srv.stderr_text()
+    assert "unsupported read-only feature" in err
+    if impl != "nbdkit":
+        assert "serve it with -r" in err
+    srv = start(server, impl, "-r", "file", img, "ext2file=/f")
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    assert h.pread(3, 0) == b"hi\n"
+    h.shutdown()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
