@@ -48,6 +48,7 @@ static atomic_uint recent_call_ns = INLINE_MAX_NS;
 
 /* Connections freed since the heap was last trimmed (conns_trim). */
 static atomic_uint freed_since_trim;
+#define TRIM_MIN 256
 
 /* SERIALIZE_CONNECTIONS: one connection at a time in the process. */
 static pthread_mutex_t connection_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -168,6 +169,13 @@ conn_free (struct connection *conn)
     quit_set ();
 }
 
+/* Enough connections were freed for a trim to be worth it. */
+bool
+conns_trim_due (void)
+{
+  return atomic_load (&freed_since_trim) >= TRIM_MIN;
+}
+
 /* After a burst (an acceptor thread found nothing to do for a while):
  * if many connections were freed, give their memory back to the
  * system.  Each leaves about a kilobyte scattered in the threads'
@@ -175,12 +183,10 @@ conn_free (struct connection *conn)
  * without this ten thousand clients that left would keep ten
  * megabytes.  malloc_trim walks the arenas, so only after TRIM_MIN.
  */
-#define TRIM_MIN 256
-
 void
 conns_trim (void)
 {
-  if (atomic_load (&freed_since_trim) >= TRIM_MIN) {
+  if (conns_trim_due ()) {
     atomic_store (&freed_since_trim, 0);
     malloc_trim (0);
   }

@@ -138,6 +138,7 @@ int conn_starttls (struct connection *conn);
 void conn_set_status (struct connection *conn, enum conn_status s);
 void conn_maybe_add_worker (struct connection *conn);
 void conns_shutdown_all (void);
+bool conns_trim_due (void);
 void conns_trim (void);
 
 /* conn-park.c */

@@ -345,7 +345,8 @@ conn_accepted (int fd, const struct sockaddr_storage *peer,
  * nothing to do: long enough that a burst of clients (filling, or all
  * leaving at once) reuses threads instead of starting one per client,
  * short enough that the thread count is back to its base within a
- * second of the burst.
+ * second of the burst.  The first thread to find nothing to do for as
+ * long after many clients left trims the heap (conns_trim).
  */
 #define ACCEPTORS_IDLE_MAX 2
 #define LINGER_MS 200
@@ -396,8 +397,8 @@ acceptor_thread (void *arg)
   struct listeners *l = arg;
 
   for (;;) {
-    int timeout = atomic_load (&acceptors_idle) > ACCEPTORS_IDLE_MAX
-      ? LINGER_MS : -1;
+    int timeout = atomic_load (&acceptors_idle) > ACCEPTORS_IDLE_MAX ||
+      conns_trim_due () ? LINGER_MS : -1;
     int *listener = NULL, fd = -1;
     struct connection *conn = NULL;
     struct sockaddr_storage peer;
@@ -412,10 +413,9 @@ acceptor_thread (void *arg)
       continue;
     }
     if (what == PARK_TIMEOUT) {
-      if (acceptor_surplus_leave ()) {
-        conns_trim ();
+      conns_trim ();
+      if (acceptor_surplus_leave ())
         goto out_exit;
-      }
       continue;
     }
     if (what == PARK_LISTENER &&
