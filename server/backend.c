@@ -281,3 +281,22 @@ backend_write_target_done (struct export *exp, void *token, bool commit,
 {
   return plugin_write_target_done (pwrite_layer (exp), token, commit, err);
 }
+
+/* read-source.h: where the plugin keeps a READ's bytes, so the reply
+ * can splice them from there.  Only when the plugin is the top of the
+ * stack (a filter may change or need the data, and proving that one
+ * passes reads through unchanged is not worth its cost) and the stack
+ * is PARALLEL (the bytes leave after the call returns, outside any
+ * request lock).  Returns -1 when the caller should pread instead.
+ */
+int
+backend_read_source (struct export *exp, uint32_t count, uint64_t offset,
+                     int *fd, uint64_t *fd_offset, unsigned *flags)
+{
+  struct context *c = exp->top;
+
+  if (stack.thread_model != NBDKIT_THREAD_MODEL_PARALLEL ||
+      c == NULL || !c->b->is_plugin)
+    return -1;
+  return plugin_read_source (c, count, offset, fd, fd_offset, flags);
+}

@@ -17,6 +17,7 @@
 #include "nbdkit-plugin.h"
 #include "nbdkit-filter.h"
 #include "write-target.h"
+#include "read-source.h"
 #include "meta-ext.h"
 #include "nbd-protocol.h"
 
@@ -86,6 +87,9 @@ struct thread_state {
   char *buf;                    /* owned: READ/WRITE data buffer */
   size_t buf_size;
   struct nbdkit_extents *extents; /* owned: block status scratch list */
+  int pipe_r, pipe_w;           /* owned: splice pipe (reply-splice.c),
+                                   or both -1 until first used */
+  size_t pipe_size;             /* its capacity in bytes */
 };
 struct thread_state *thread_state (void);
 bool conn_is_tls (void);        /* public.c: this thread's client has TLS */
@@ -94,6 +98,8 @@ void thread_buffer_release (void);
 int thread_start_detached (void *(*fn) (void *), void *arg); /* 0/errno */
 void thread_clear_error (void);
 struct nbdkit_extents *thread_extents (void); /* NULL: ENOMEM */
+int thread_pipe (int *pipe_r, int *pipe_w, size_t *size); /* 0 or -1 */
+void thread_pipe_discard (void);
 
 /* probe.c: --dump-config, --version, --short/long-options. */
 struct option;
@@ -230,6 +236,7 @@ struct plugin {
   /* write-target.h, or both NULL: the plugin does not offer it. */
   write_target_fn *write_target;
   write_target_done_fn *write_target_done;
+  read_source_fn *read_source;  /* read-source.h, or NULL */
 };
 extern struct plugin plugin;
 
@@ -287,6 +294,8 @@ int plugin_write_target (struct context *c, uint32_t count, uint64_t offset,
                          struct iovec *iov, int *iovcnt, void **token);
 int plugin_write_target_done (struct context *c, void *token, bool commit,
                               int *err);
+int plugin_read_source (struct context *c, uint32_t count, uint64_t offset,
+                        int *fd, uint64_t *fd_offset, unsigned *flags);
 
 /* filter.c: loading and configuring the filters (--filter), and the
  * calls outside connections that go down the whole stack.
@@ -419,6 +428,9 @@ int backend_write_target (struct export *exp, uint32_t count,
                           struct iovec *iov, int *iovcnt, void **token);
 int backend_write_target_done (struct export *exp, void *token,
                                bool commit, int *err);
+int backend_read_source (struct export *exp, uint32_t count,
+                         uint64_t offset, int *fd, uint64_t *fd_offset,
+                         unsigned *flags);
 int backend_flush (struct export *exp, uint32_t flags, int *err);
 int backend_trim (struct export *exp, uint32_t count, uint64_t offset,
                   uint32_t flags, int *err);

@@ -419,3 +419,17 @@ plugin_write_target_done (struct context *c, void *token, bool commit,
 
   RESULT (r);
 }
+
+/* read-source.h, where the plugin offers it: -1 without an error when
+ * it does not, so the caller reads into a buffer instead.
+ */
+int
+plugin_read_source (struct context *c, uint32_t count, uint64_t offset,
+                    int *fd, uint64_t *fd_offset, unsigned *flags)
+{
+  if (plugin.read_source == NULL)
+    return -1;
+  *flags = 0;
+  return plugin.read_source (c->handle, count, offset, fd, fd_offset,
+                             flags);
+}

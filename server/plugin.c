@@ -192,6 +192,8 @@ plugin_load (const char *name_or_path)
     dlsym (plugin.dl, WRITE_TARGET_DONE_SYMBOL);
   if (plugin.write_target_done == NULL)
     plugin.write_target = NULL;
+  plugin.read_source = (read_source_fn *)
+    dlsym (plugin.dl, READ_SOURCE_SYMBOL);
   if (plugin.p.load)
     plugin.p.load ();
   return 0;

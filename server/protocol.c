@@ -422,8 +422,44 @@ do_block_status (struct connection *conn, bool batch, struct work *w,
 #define SPARSE_READ_MIN (64 * 1024)
 #define HOLE_MIN 4096
 
+/* READs from SPLICE_READ_MIN bytes up are answered by splicing the
+ * data from the plugin's file into the socket when the plugin offers
+ * that (read-source.h), saving the copy into and out of user space.
+ * Smaller ones are copied: below this size page references and the
+ * extra syscalls cost more than copying the bytes.  Copied as before:
+ *   - over TLS (the bytes are encrypted in user space);
+ *   - when stdin/stdout are not a socket (-s on pipes);
+ *   - when a filter is stacked or the stack is not PARALLEL
+ *     (backend_read_source);
+ *   - when the plugin says the range may hold holes and the reply is
+ *     structured without DF, so that runs of zeroes still go as
+ *     OFFSET_HOLE chunks (the data decides them, and only a copy sees
+ *     the data);
+ *   - when the file turns out shorter than the range or fails to read
+ *     before the reply starts (reply-splice.c): .pread then reports it.
+ */
+#define SPLICE_READ_MIN (64 * 1024)
+
+/* Returns 0 when sent, -1 when the connection died, 1 to copy. */
+static int
+read_splice (struct connection *conn, bool batch, const struct request *r)
+{
+  uint64_t fd_offset;
+  unsigned flags;
+  int fd;
+
+  if (r->count < SPLICE_READ_MIN || conn->tls || !conn->is_socket ||
+      backend_read_source (&conn->exp, r->count, r->offset, &fd,
+                           &fd_offset, &flags) == -1)
+    return 1;
+  if ((flags & READ_SOURCE_MAY_HOLD_HOLES) && conn->structured &&
+      !(r->flags & NBD_CMD_FLAG_DF))
+    return 1;
+  return reply_read_splice (conn, batch, r, r->count, fd, fd_offset);
+}
+
 /* Returns 0 when W's buffer holds the data for a plain reply, -1 with
- * *err, or -2 when the reply (with holes) was sent.
+ * *err, or -2 when the reply (spliced, or with holes) was sent.
  */
 static int
 do_read (struct connection *conn, bool batch, struct work *w, int *err)
@@ -432,6 +468,8 @@ do_read (struct connection *conn, bool batch, struct work *w, int *err)
   struct read_piece p[READ_PIECES_MAX];
   size_t n;
 
+  if (read_splice (conn, batch, r) != 1)
+    return -2;
   if (backend_pread (&conn->exp, w->buf, r->count, r->offset, 0, err) == -1)
     return -1;
   if (!conn->structured || (r->flags & NBD_CMD_FLAG_DF) ||

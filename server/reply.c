@@ -141,21 +141,24 @@ reply_ok (struct connection *conn, bool batch, const struct request *r)
   return reply_send (conn, batch, &iov, 1);
 }
 
-/* A successful READ: simple, or one OFFSET_DATA chunk. */
-int
-reply_read (struct connection *conn, bool batch, const struct request *r,
-            const void *data, uint32_t len)
-{
-  char hdr[CHUNK_HEADER_MAX];
-  struct iovec iov[2] = { { hdr, 0 }, { (void *) data, len } };
+_Static_assert (READ_HEADER_MAX >= CHUNK_HEADER_MAX,
+                "READ_HEADER_MAX holds a chunk header and its offset");
 
+/* What goes before the LEN bytes of a successful READ: a simple reply,
+ * or the header of one OFFSET_DATA chunk and its offset (R-18).  BUF
+ * has READ_HEADER_MAX bytes.  Returns the header's size.
+ */
+size_t
+reply_read_header (const struct connection *conn, const struct request *r,
+                   uint32_t len, void *buf)
+{
   if (conn->structured) {
     uint64_t offset = htobe64 (r->offset);
+    size_t n = chunk_header (conn, buf, r, NBD_REPLY_FLAG_DONE,
+                             NBD_REPLY_TYPE_OFFSET_DATA, 8 + (uint64_t) len);
 
-    iov[0].iov_len = chunk_header (conn, hdr, r, NBD_REPLY_FLAG_DONE,
-                                   NBD_REPLY_TYPE_OFFSET_DATA, 8 + len);
-    memcpy (hdr + iov[0].iov_len, &offset, 8);
-    iov[0].iov_len += 8;
+    memcpy ((char *) buf + n, &offset, 8);
+    return n + 8;
   }
   else {
     struct nbd_simple_reply h = {
@@ -164,9 +167,20 @@ reply_read (struct connection *conn, bool batch, const struct request *r,
       .cookie = r->cookie,
     };
 
-    memcpy (hdr, &h, sizeof h);
-    iov[0].iov_len = sizeof h;
+    memcpy (buf, &h, sizeof h);
+    return sizeof h;
   }
+}
+
+/* A successful READ: simple, or one OFFSET_DATA chunk. */
+int
+reply_read (struct connection *conn, bool batch, const struct request *r,
+            const void *data, uint32_t len)
+{
+  char hdr[READ_HEADER_MAX];
+  struct iovec iov[2] = { { hdr, 0 }, { (void *) data, len } };
+
+  iov[0].iov_len = reply_read_header (conn, r, len, hdr);
   return reply_send (conn, batch, iov, 2);
 }
 

@@ -15,6 +15,9 @@ struct connection;
 struct request;
 struct read_piece;
 
+/* Room for the header of a READ reply (reply_read_header). */
+#define READ_HEADER_MAX 48
+
 /* Most pieces one READ reply is cut into (reply_read_pieces). */
 #define READ_PIECES_MAX 32
 
@@ -23,6 +26,8 @@ int reply_simple (struct connection *conn, bool batch,
 int reply_ok (struct connection *conn, bool batch, const struct request *r);
 int reply_read (struct connection *conn, bool batch,
                 const struct request *r, const void *data, uint32_t len);
+size_t reply_read_header (const struct connection *conn,
+                          const struct request *r, uint32_t len, void *buf);
 int reply_read_pieces (struct connection *conn, bool batch,
                        const struct request *r, const char *buf,
                        const struct read_piece *p, size_t n);
@@ -39,5 +44,14 @@ int reply_block_status (struct connection *conn, bool batch,
                         const struct request *r, const char *desc,
                         const struct bs_chunk *chunks, size_t k);
 int reply_flush (struct connection *conn);
+
+/* reply-splice.c: a successful READ whose LEN bytes are spliced from FD
+ * at FD_OFFSET (read-source.h).  Returns 0 when sent, 1 when nothing
+ * was sent and the caller should pread and reply as usual, -1 after
+ * marking the connection dead.
+ */
+int reply_read_splice (struct connection *conn, bool batch,
+                       const struct request *r, uint32_t len, int fd,
+                       uint64_t fd_offset);
 
 #endif /* NBDSRV_REPLY_H */

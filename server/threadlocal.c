@@ -7,11 +7,13 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "internal.h"
 
-static __thread struct thread_state tstate;
+static __thread struct thread_state tstate = { .pipe_r = -1, .pipe_w = -1 };
 static pthread_key_t buffer_key;
 static pthread_once_t buffer_key_once = PTHREAD_ONCE_INIT;
 
@@ -24,6 +26,7 @@ free_thread_state (void *unused)
   tstate.buf_size = 0;
   nbdkit_extents_free (tstate.extents);
   tstate.extents = NULL;
+  thread_pipe_discard ();
 }
 
 static void
@@ -79,6 +82,62 @@ thread_extents (void)
     pthread_setspecific (buffer_key, &tstate);
   }
   return tstate.extents;
+}
+
+/* A splice pipe's capacity: one request's worth of pages, so a 1 MiB
+ * READ is filled before its reply starts (reply-splice.c).  The kernel
+ * caps unprivileged pipes at /proc/sys/fs/pipe-max-size (1 MiB by
+ * default); a smaller pipe only means more rounds.
+ */
+#define THREAD_PIPE_SIZE (1024 * 1024)
+
+/* The thread's pipe for splicing, made on first use and kept for the
+ * thread's life.  Its write end does not block, so filling it stops
+ * when it is full instead of waiting for a reader that is this same
+ * thread; its read end blocks, so splicing into a full socket waits in
+ * the kernel.  Returns 0 with the ends and capacity, or -1 with errno.
+ */
+int
+thread_pipe (int *pipe_r, int *pipe_w, size_t *size)
+{
+  int fds[2], cap;
+
+  if (tstate.pipe_r == -1) {
+    if (pipe2 (fds, O_CLOEXEC) == -1)
+      return -1;
+    fcntl (fds[1], F_SETFL, O_NONBLOCK);
+    fcntl (fds[1], F_SETPIPE_SZ, THREAD_PIPE_SIZE); /* best effort */
+    cap = fcntl (fds[1], F_GETPIPE_SZ);
+    if (cap <= 0) {
+      close (fds[0]);
+      close (fds[1]);
+      errno = EINVAL;
+      return -1;
+    }
+    tstate.pipe_r = fds[0];
+    tstate.pipe_w = fds[1];
+    tstate.pipe_size = cap;
+    pthread_once (&buffer_key_once, make_buffer_key);
+    pthread_setspecific (buffer_key, &tstate);
+  }
+  *pipe_r = tstate.pipe_r;
+  *pipe_w = tstate.pipe_w;
+  *size = tstate.pipe_size;
+  return 0;
+}
+
+/* Close the thread's pipe: at thread exit, or when bytes were left in
+ * it (cheaper to make a new one than to drain it).
+ */
+void
+thread_pipe_discard (void)
+{
+  if (tstate.pipe_r == -1)
+    return;
+  close (tstate.pipe_r);
+  close (tstate.pipe_w);
+  tstate.pipe_r = tstate.pipe_w = -1;
+  tstate.pipe_size = 0;
 }
 
 void

@@ -31,14 +31,18 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/types.h>
 #include <unistd.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 
 #define NBDKIT_API_VERSION 2
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 #include <nbdkit-plugin.h>
+
+#include "read-source.h"
 
 enum file_cache { FILE_CACHE_DEFAULT, FILE_CACHE_NONE };
 
@@ -51,6 +55,7 @@ struct file_export {
   int fd;
   bool is_block;                /* block device, else regular file */
   bool can_write;               /* opened read-write */
+  bool on_tmpfs;                /* SEEK_HOLE walks the page cache */
   uint32_t sector_size;         /* block devices: BLKSSZGET, else 512 */
   /* Cleared the first time the kernel says EOPNOTSUPP.  Requests on
    * one connection run in parallel, hence atomics.
@@ -270,6 +275,7 @@ file_open (int readonly)
   struct file_export *h;
   const char *path;
   struct stat st;
+  struct statfs sfs;
   int sector;
 
   path = file_export_path ();
@@ -304,6 +310,8 @@ file_open (int readonly)
     goto out_close;
   }
   h->is_block = S_ISBLK (st.st_mode);
+  h->on_tmpfs = !h->is_block && fstatfs (h->fd, &sfs) == 0 &&
+    sfs.f_type == TMPFS_MAGIC;
   h->sector_size = 512;
   if (h->is_block && ioctl (h->fd, BLKSSZGET, &sector) == 0 && sector > 0)
     h->sector_size = sector;
@@ -717,6 +725,51 @@ file_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
     nbdkit_error ("posix_fadvise WILLNEED: %m");
     return -1;
   }
+  return 0;
+}
+
+/* Whether [offset, offset+count) may hold holes: not when every block
+ * of the file is allocated, nor when SEEK_HOLE finds the first hole
+ * past the range.  On tmpfs SEEK_HOLE walks the page cache up to the
+ * hole, which can be the whole file, so a sparse tmpfs file is just
+ * said to have holes.
+ */
+static bool
+file_may_hold_holes (struct file_export *h, uint32_t count, uint64_t offset)
+{
+  struct stat st;
+  off_t hole;
+
+  if (h->is_block)
+    return false;
+  if (fstat (h->fd, &st) == -1)
+    return true;
+  if ((uint64_t) st.st_blocks * 512 >= (uint64_t) st.st_size)
+    return false;
+  if (h->on_tmpfs)
+    return true;
+  hole = lseek (h->fd, offset, SEEK_HOLE);
+  return hole == -1 || (uint64_t) hole < offset + count;
+}
+
+/* read-source.h: nbdsrv splices large READs from the file to the
+ * socket.  Not with cache=none, which must drop the pages after each
+ * read: .pread does that.
+ */
+read_source_fn nbdsrv_read_source;
+
+int
+nbdsrv_read_source (void *handle, uint32_t count, uint64_t offset,
+                    int *fd, uint64_t *fd_offset, unsigned *flags)
+{
+  struct file_export *h = handle;
+
+  if (cache_mode == FILE_CACHE_NONE)
+    return -1;
+  *fd = h->fd;
+  *fd_offset = offset;
+  if (file_may_hold_holes (h, count, offset))
+    *flags |= READ_SOURCE_MAY_HOLD_HOLES;
   return 0;
 }
 
