@@ -131,14 +131,10 @@ header_send (struct connection *conn, const char *buf, size_t n)
  */
 static int
 splice_locked (struct connection *conn, const char *hdr, size_t hlen,
-               int fd, uint64_t *off, uint32_t *left, size_t *inpipe,
-               bool *file_failed)
+               int pipe_r, int pipe_w, int fd, uint64_t *off,
+               uint32_t *left, size_t *inpipe, bool *file_failed)
 {
-  int pipe_r, pipe_w;
-  size_t cap;
-
-  if (thread_pipe (&pipe_r, &pipe_w, &cap) == -1 ||
-      header_send (conn, hdr, hlen) == -1)
+  if (header_send (conn, hdr, hlen) == -1)
     return -1;
   for (;;) {
     if (pipe_drain (pipe_r, conn->fd_out, inpipe, *left > 0) == -1)
@@ -179,8 +175,8 @@ reply_read_splice (struct connection *conn, bool batch,
   }
   hlen = reply_read_header (conn, r, len, hdr);
   pthread_mutex_lock (&conn->write_lock);
-  ret = splice_locked (conn, hdr, hlen, fd, &fd_offset, &left, &inpipe,
-                       &file_failed);
+  ret = splice_locked (conn, hdr, hlen, pipe_r, pipe_w, fd, &fd_offset,
+                       &left, &inpipe, &file_failed);
   if (ret == -1) {                                                /* */
     if (file_failed)
       server_error ("reading the data of a READ at offset %" PRIu64

@@ -445,3 +445,30 @@ def test_tls_falls_back(server, traced, fsdir, pki):
 
     fallback_reads(srv, data, connect)
     assert count_calls(st.stop()) == (0, 0, 0)
+
+
+def test_metrics_count_spliced_reads(server, traced, fsdir, tmp_path):
+    """--metrics counts spliced reads as it counts copied ones: the
+    requests, the bytes of the successful ones, and the error."""
+    from test_metrics import scrape, value
+    path = os.path.join(fsdir, "disk.img")
+    random_file(path)
+    where = "unix:" + str(tmp_path / "metrics")
+    srv = server("--metrics=" + where, "file", "file=" + path)
+    wait_accepting(srv)
+    st = traced(srv)
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    for off in (0, MIB, 12345):
+        h.pread(MIB, off)
+    os.truncate(path, MIB)
+    with pytest.raises(nbd.Error):
+        h.pread(MIB, 2 * MIB)
+    h.shutdown()
+    assert count_calls(st.stop())[1] >= 3
+    m = scrape(where)
+    assert value(m, "nbdsrv_requests_total", command="read",
+                 export="") == 4
+    assert value(m, "nbdsrv_bytes_total", command="read",
+                 export="") == 3 * MIB
+    assert value(m, "nbdsrv_request_errors_total", error="EIO") == 1
