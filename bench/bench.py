@@ -1304,7 +1304,10 @@ def parse_args(argv):
     p.add_argument("--servers", metavar="KEY,...",
                    help="only these servers (nbdsrv-memory, nbdkit-memory, "
                         "nbdsrv-file, nbdkit-file, qemu-nbd-threads, "
-                        "qemu-nbd-io_uring, nbd-server, and the filter "
+                        "qemu-nbd-io_uring, nbd-server, on the disk "
+                        "image nbdsrv-file-disk, nbdkit-file-disk, "
+                        "qemu-nbd-threads-disk, qemu-nbd-io_uring-disk, "
+                        "and the filter "
                         "stacks nbdsrv-3pass, nbdkit-3pass, "
                         "nbdsrv-cow-cache, nbdkit-cow-cache, over "
                         "TLS nbdsrv-tls, nbdkit-tls, and with --metrics "

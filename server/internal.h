@@ -89,7 +89,6 @@ struct thread_state {
   struct nbdkit_extents *extents; /* owned: block status scratch list */
   int pipe_r, pipe_w;           /* owned: splice pipe (reply-splice.c),
                                    or both -1 until first used */
-  size_t pipe_size;             /* its capacity in bytes */
 };
 struct thread_state *thread_state (void);
 bool conn_is_tls (void);        /* public.c: this thread's client has TLS */
@@ -98,7 +97,7 @@ void thread_buffer_release (void);
 int thread_start_detached (void *(*fn) (void *), void *arg); /* 0/errno */
 void thread_clear_error (void);
 struct nbdkit_extents *thread_extents (void); /* NULL: ENOMEM */
-int thread_pipe (int *pipe_r, int *pipe_w, size_t *size); /* 0 or -1 */
+int thread_pipe (int *pipe_r, int *pipe_w); /* 0, or -1 with errno */
 void thread_pipe_discard (void);
 
 /* probe.c: --dump-config, --version, --short/long-options. */

@@ -154,12 +154,12 @@ reply_read_splice (struct connection *conn, bool batch,
                    uint64_t fd_offset)
 {
   char hdr[READ_HEADER_MAX];
-  size_t hlen, cap, inpipe = 0;
+  size_t hlen, inpipe = 0;
   uint32_t left = len;
   bool file_failed = false;
   int pipe_r, pipe_w, ret;
 
-  if (thread_pipe (&pipe_r, &pipe_w, &cap) == -1)
+  if (thread_pipe (&pipe_r, &pipe_w) == -1)
     return 1;
   if (pipe_fill (pipe_w, fd, &fd_offset, &left, &inpipe) == -1) {
     debug ("splicing READ at offset %" PRIu64 ": %m: reading it instead",

@@ -95,34 +95,29 @@ thread_extents (void)
  * thread's life.  Its write end does not block, so filling it stops
  * when it is full instead of waiting for a reader that is this same
  * thread; its read end blocks, so splicing into a full socket waits in
- * the kernel.  Returns 0 with the ends and capacity, or -1 with errno.
+ * the kernel.  Returns 0 with the two ends, or -1 with errno.
  */
 int
-thread_pipe (int *pipe_r, int *pipe_w, size_t *size)
+thread_pipe (int *pipe_r, int *pipe_w)
 {
-  int fds[2], cap;
+  int fds[2];
 
   if (tstate.pipe_r == -1) {
     if (pipe2 (fds, O_CLOEXEC) == -1)
       return -1;
-    fcntl (fds[1], F_SETFL, O_NONBLOCK);
-    fcntl (fds[1], F_SETPIPE_SZ, THREAD_PIPE_SIZE); /* best effort */
-    cap = fcntl (fds[1], F_GETPIPE_SZ);
-    if (cap <= 0) {
+    if (fcntl (fds[1], F_SETFL, O_NONBLOCK) == -1) {
       close (fds[0]);
       close (fds[1]);
-      errno = EINVAL;
       return -1;
     }
+    fcntl (fds[1], F_SETPIPE_SZ, THREAD_PIPE_SIZE); /* best effort */
     tstate.pipe_r = fds[0];
     tstate.pipe_w = fds[1];
-    tstate.pipe_size = cap;
     pthread_once (&buffer_key_once, make_buffer_key);
     pthread_setspecific (buffer_key, &tstate);
   }
   *pipe_r = tstate.pipe_r;
   *pipe_w = tstate.pipe_w;
-  *size = tstate.pipe_size;
   return 0;
 }
 
@@ -137,7 +132,6 @@ thread_pipe_discard (void)
   close (tstate.pipe_r);
   close (tstate.pipe_w);
   tstate.pipe_r = tstate.pipe_w = -1;
-  tstate.pipe_size = 0;
 }
 
 void
