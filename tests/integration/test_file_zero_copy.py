@@ -420,6 +420,46 @@ def test_stdin_socket(fsdir, tmp_path):
     assert count_calls(lines)[1] >= len(RANGES)
 
 
+def test_tcp(fsdir, tmp_path):
+    """Over TCP on 127.0.0.1 (the header held back with MSG_MORE), with
+    reads in flight in parallel: right bytes, spliced."""
+    from conftest import BINARIES, SANITIZER_MARKERS, server_env
+    path = os.path.join(fsdir, "disk.img")
+    data = random_file(path)
+    proc = subprocess.Popen(
+        [BINARIES["nbdsrv"], "-f", "-i", "127.0.0.1", "-p", "0",
+         "--print-uri", "file", "file=" + path],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=server_env("nbdsrv"))
+    try:
+        uri = proc.stdout.readline().strip()
+        assert uri.startswith("nbd://127.0.0.1:"), uri
+        st = Strace(proc.pid, str(tmp_path / "strace"))
+        h = nbd.NBD()
+        h.connect_uri(uri)
+        for off, n in RANGES:
+            assert h.pread(n, off) == data[off:off + n]
+        bufs = []
+        for i in range(16):
+            off = (i * 233333) % (SIZE - 2 * MIB)
+            buf = nbd.Buffer(2 * MIB)
+            bufs.append((off, buf, h.aio_pread(buf, off)))
+        for _ in range(10000):
+            if h.aio_in_flight() == 0:
+                break
+            h.poll(1000)
+        for off, buf, _ in bufs:
+            assert buf.to_bytearray() == data[off:off + 2 * MIB]
+        lines = st.stop()
+        h.shutdown()
+    finally:
+        proc.terminate()
+        proc.wait(STRACE_TIMEOUT)
+    err = proc.stderr.read()
+    assert not any(m in err for m in SANITIZER_MARKERS), err
+    assert count_calls(lines)[1] >= len(RANGES) + 16
+
+
 # --------------------------------------------------------------- TLS
 
 @pytest.fixture(scope="module")
