@@ -14,6 +14,7 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 
@@ -76,11 +77,11 @@ class Strace:
     """strace attached to a running server, logging splice and sendfile
     calls of all its threads; stopped by its own PID."""
 
-    def __init__(self, pid, log):
+    def __init__(self, pid, log, inject=()):
         self.log = log
         self.proc = subprocess.Popen(
             ["strace", "-f", "-qq", "-e", "trace=splice,sendfile",
-             "-o", log, "-p", str(pid)],
+             *inject, "-o", log, "-p", str(pid)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE)
         deadline = time.monotonic() + STRACE_TIMEOUT
@@ -139,8 +140,9 @@ def traced(tmp_path):
     """traced(srv): strace attached to SRV; call .stop() for its log."""
     started = []
 
-    def attach(srv):
-        s = Strace(srv.pid, str(tmp_path / ("strace%d" % len(started))))
+    def attach(srv, inject=()):
+        s = Strace(srv.pid, str(tmp_path / ("strace%d" % len(started))),
+                   inject)
         started.append(s)
         return s
 
@@ -458,6 +460,75 @@ def test_tcp(fsdir, tmp_path):
     err = proc.stderr.read()
     assert not any(m in err for m in SANITIZER_MARKERS), err
     assert count_calls(lines)[1] >= len(RANGES) + 16
+
+
+# ----------------------------------------------- failures, injected
+# strace makes chosen splice calls fail (-e inject), so the two failure
+# paths are reached on purpose: before any byte of the reply left (the
+# server reads the range with .pread instead) and after (the connection
+# is cut, since half a reply cannot be taken back).
+
+def tmpfs_only():
+    if fs_type("/dev/shm") != "tmpfs":
+        pytest.skip("/dev/shm is not a tmpfs")
+    d = "/dev/shm/nbdsrv-zc-inject-%d" % os.getpid()
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+@pytest.mark.parametrize("shape", ["simple", "structured"])
+def test_splice_failing_from_the_start_falls_back(server, traced,
+                                                  tmp_path, shape):
+    """Every splice fails: each read is copied instead, right, and the
+    connection goes on."""
+    path = str(tmp_path / "disk.img")
+    data = random_file(path)
+    srv = server("file", "file=" + path)
+    wait_accepting(srv)
+    st = traced(srv, ["-e", "inject=splice:error=EIO"])
+    with raw_client(srv, shape) as c:
+        for off, n in RANGES:
+            check_read(c, data, off, n, shape)
+        c.disconnect()
+    lines = st.stop()
+    assert any("(INJECTED)" in line for line in lines), lines[:5]
+    assert count_calls(lines) == (0, 0, 0)
+
+
+def test_file_failing_mid_reply_cuts_the_connection(server, traced):
+    """A read larger than the pipe goes in rounds; when the file fails
+    in the second round the header and the first pipeful have left, so
+    the server closes that connection (and says why) and serves the
+    next one.  tmpfs has 4 KiB pages, so the pipe (at most 1 MiB) is
+    full long before the 8 MiB read: per thread, splice calls go fill,
+    fill (EAGAIN: full), drain, fill: the 4th is made to fail."""
+    d = tmpfs_only()
+    try:
+        path = os.path.join(d, "disk.img")
+        data = random_file(path, 9 * MIB)
+        srv = server("-t", "1", "file", "file=" + path)
+        wait_accepting(srv)
+        st = traced(srv, ["-e", "inject=splice:error=EIO:when=4"])
+        c = nbdraw.Client(srv.sock)
+        c.handshake()
+        c.send_request(nbdraw.CMD_READ, offset=0, length=8 * MIB)
+        magic, error = struct.unpack(">II", c.recv_exact(8))
+        assert (magic, error) == (nbdraw.SIMPLE_REPLY_MAGIC, 0)
+        c.recv_exact(8)                         # the cookie
+        with pytest.raises(nbdraw.Disconnected):
+            c.recv_exact(8 * MIB)
+        c.close()
+        lines = st.stop()
+        injected = [x for x in lines if "(INJECTED)" in x]
+        assert len(injected) == 1 and \
+            injected[0].split("splice(")[1].split(",")[1].strip() != \
+            "NULL", "not the second round's fill: %s" % lines
+        with raw_client(srv, "structured") as c:
+            check_read(c, data, 0, 2 * MIB, "structured")
+            c.disconnect()
+        assert "failed after its reply had started" in srv.stderr_text()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # --------------------------------------------------------------- TLS
