@@ -11,6 +11,7 @@ see the same thing from both.
 import errno
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -460,6 +461,74 @@ def test_tcp(fsdir, tmp_path):
     err = proc.stderr.read()
     assert not any(m in err for m in SANITIZER_MARKERS), err
     assert count_calls(lines)[1] >= len(RANGES) + 16
+
+
+class PipePair:
+    """The socket calls nbdraw.Client makes, over two pipes: what a
+    parent gives `nbdsrv -s` as stdin and stdout when it has no socket.
+    Reads wait at most STRACE_TIMEOUT seconds."""
+
+    def __init__(self, rfd, wfd):
+        self.rfd, self.wfd = rfd, wfd
+
+    def recv(self, n):
+        ready, _, _ = select.select([self.rfd], [], [], STRACE_TIMEOUT)
+        if not ready:
+            raise socket.timeout("no reply from the server")
+        return os.read(self.rfd, n)
+
+    def sendall(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.wfd, view):]
+
+    def close(self):
+        os.close(self.rfd)
+        os.close(self.wfd)
+
+
+class PipeClient(nbdraw.Client):
+    """nbdraw's client on a PipePair instead of a Unix socket."""
+
+    def __init__(self, rfd, wfd):
+        self.sock = PipePair(rfd, wfd)
+        self.gflags = self.size = self.eflags = None
+        self.structured = self.extended = False
+        self.pending = {}
+
+
+def test_stdin_pipes_copy(tmp_path):
+    """-s on two pipes (not a socket): replies are copied, not spliced,
+    and right."""
+    from conftest import BINARIES, SANITIZER_MARKERS, plugin_path
+    from conftest import server_env
+    path = str(tmp_path / "disk.img")
+    data = random_file(path)
+    to_srv_r, to_srv_w = os.pipe()
+    from_srv_r, from_srv_w = os.pipe()
+    proc = subprocess.Popen([BINARIES["nbdsrv"], "-s", plugin_path("file"),
+                             "file=" + path], stdin=to_srv_r,
+                            stdout=from_srv_w, stderr=subprocess.PIPE,
+                            env=server_env("nbdsrv"))
+    os.close(to_srv_r)
+    os.close(from_srv_w)
+    c = PipeClient(from_srv_r, to_srv_w)
+    try:
+        st = Strace(proc.pid, str(tmp_path / "strace"))
+        c.handshake(structured=True)
+        for off, n in RANGES:
+            check_read(c, data, off, n, "structured")
+        lines = st.stop()
+        c.disconnect()
+        c.close()
+        assert proc.wait(STRACE_TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read().decode(errors="replace")
+    assert not any(m in err for m in SANITIZER_MARKERS), err
+    assert count_calls(lines) == (0, 0, 0)
 
 
 # ----------------------------------------------- failures, injected
