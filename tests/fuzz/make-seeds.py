@@ -221,6 +221,32 @@ def request_ext_seeds():
     }
 
 
+def luks_json_seeds():
+    """fuzz-luks-json: LUKSv2 metadata as cryptsetup 2.6 writes it, and
+    smaller documents for the corners of the grammar."""
+    meta = (
+        b'{"keyslots":{"0":{"type":"luks2","key_size":64,"af":{"type":'
+        b'"luks1","stripes":4000,"hash":"sha256"},"area":{"type":"raw",'
+        b'"offset":"32768","size":"258048","encryption":"aes-xts-plain64",'
+        b'"key_size":64},"kdf":{"type":"argon2id","time":4,"memory":32,'
+        b'"cpus":2,"salt":"lR1QQZt9kpI4456fmKg3zIF1kzso8FVcC2fbyxTbbqQ="}}},'
+        b'"tokens":{},"segments":{"0":{"type":"crypt","offset":"16777216",'
+        b'"size":"dynamic","iv_tweak":"0","encryption":"aes-xts-plain64",'
+        b'"sector_size":4096}},"digests":{"0":{"type":"pbkdf2","keyslots":'
+        b'["0"],"segments":["0"],"hash":"sha256","iterations":1000,"salt":'
+        b'"a6f7XH/RDErmMAE6aHFlo/rKEnClIdgNjv6dOZLzs68=","digest":'
+        b'"2IAmOaazgMvLGPKO8FgvEu9eouqIF4Ep688vwf2QllU="}},"config":'
+        b'{"json_size":"12288","keyslots_size":"16744448"}}')
+    return {
+        "luks2-meta": meta,
+        "escapes": b'["a\\"b\\n", "\\u00e9\\ud83d\\ude00", "\xc3\xa9"]',
+        "numbers": b"[0, -0, 1.5e3, 18446744073709551615, 1E-9]",
+        "nested": b"[" * 32 + b"]" * 32,
+        "literals": b'{"t":true,"f":false,"n":null,"e":{},"a":[]}',
+        "duplicate": b'{"a":1,"a":2}',
+    }
+
+
 def write(target, seeds):
     d = os.path.join(CORPUS, target)
     os.makedirs(d, exist_ok=True)
@@ -236,6 +262,7 @@ def main():
     write("fuzz-parse", parse_seeds())
     write("fuzz-data-format", data_format_seeds())
     write("fuzz-partition", partition_seeds())
+    write("fuzz-luks-json", luks_json_seeds())
 
 
 if __name__ == "__main__":
