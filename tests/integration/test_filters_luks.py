@@ -650,3 +650,51 @@ def test_key_slot_opened_once_per_volume(server, impl, v2_images):
     err = srv.stderr_text()
     assert err.count("key slot 0 unlocked the volume") == 1
     assert err.count("volume key unlocked by an earlier connection") == 2
+
+
+@pytest.mark.parametrize("impl", OURS)
+def test_partial_sector_writes_in_parallel(server, impl, v1_images,
+                                           tmp_path):
+    """Four connections at once write 8-byte pieces, each its own, into
+    the same eight sectors: every read-modify-write must keep the
+    others' pieces (the partial-sector lock)."""
+    import threading
+    image = copy_image(v1_images["qemu-xts"], tmp_path)
+    expect = bytearray(pattern(SIZE, sorted(V1_IMAGES).index("qemu-xts")))
+    # The delay filter below makes every read of a sector take 1 ms,
+    # so that without the lock read-modify-writes would overlap.
+    delay = filter_path("delay") if impl == "ours" else "delay"
+    srv = start(server, impl, image, "--filter=" + delay, "rdelay=1ms",
+                "passphrase=" + SECRET)
+    failures = []
+
+    def writer(c):
+        try:
+            h = nbd.NBD()
+            h.set_request_block_size(False)
+            h.set_strict_mode(0)
+            h.connect_uri(srv.uri)
+            # All at once, so that the server has many in flight.
+            bufs = [nbd.Buffer.from_bytearray(bytearray([c + 1]) * 8)
+                    for _ in range(128)]
+            cookies = [h.aio_pwrite(bufs[k], (k * 4 + c) * 8)
+                       for k in range(128)]
+            for cookie in cookies:
+                while not h.aio_command_completed(cookie):
+                    h.poll(-1)
+            h.shutdown()
+        except nbd.Error as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=writer, args=(c,)) for c in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures and not any(t.is_alive() for t in threads)
+    for c in range(4):
+        for k in range(128):
+            off = (k * 4 + c) * 8
+            expect[off:off + 8] = bytes([c + 1]) * 8
+    srv.stop()
+    assert qemu_read_plain(image, tmp_path) == bytes(expect)
