@@ -167,20 +167,27 @@ def test_sigterm_in_flight(server, ceph, tmp_path):
 
 
 def test_sigterm_osd_frozen(server, ceph, osd):
-    """SIGTERM while requests wait on a frozen OSD: they fail with EIO
-    after timeout= and the server exits cleanly, not stuck on them."""
+    """SIGTERM while requests wait on a frozen OSD: those that wait fail
+    with EIO after timeout= and the server exits cleanly, not stuck on
+    them."""
     name = new_image(ceph, "8M")
     s = rbd_server(server, ceph, "image=" + name, "timeout=%d" % TIMEOUT)
     h = connect_aio(s)
     h.pwrite(b"s" * MiB, 0)
     h.flush()
     osd.procs["osd"].send_signal(signal.SIGSTOP)
-    cookies = [h.aio_pread(nbd.Buffer(4096), i * 4096) for i in range(8)]
+    bufs = [nbd.Buffer(4096) for _ in range(8)]
+    cookies = [h.aio_pread(b, i * 4096) for i, b in enumerate(bufs)]
     # Let the reads reach the plugin before the signal.
     h.poll(200)
     s.proc.send_signal(signal.SIGTERM)
     results = retire(h, cookies)
     hang_up(h)
     assert s.stop(timeout=HANG) == 0
-    assert set(results.values()) <= {5, 107}, results
+    # librbd may still answer a read of what was just written from its
+    # own cache (CI saw one of eight): right data, then.
+    assert set(results.values()) <= {0, 5, 107}, results
+    for c, b in zip(cookies, bufs):
+        if results[c] == 0:
+            assert b.to_bytearray() == b"s" * 4096
     assert 5 in results.values(), results
