@@ -96,6 +96,7 @@ struct connection {
    */
   bool can_park;                /* may give its thread back when idle */
   bool park_now;                /* park without a grace period */
+  bool spin;                    /* the client answers fast: poll first */
   bool park_added;              /* the socket is in the epoll set */
   bool greeted;                 /* parked before the client's flags */
   /* In the list of greeted parked connections (connection.c), under
