@@ -19,13 +19,13 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <sys/uio.h>
 
 #include "internal.h"
 #include "connection.h"
 #include "minmax.h"
+#include "monotonic.h"
 #include "reply.h"
 #include "tls.h"
 #include "metrics.h"
@@ -57,10 +57,7 @@ static pthread_mutex_t connection_lock = PTHREAD_MUTEX_INITIALIZER;
 int64_t
 conn_now_ms (void)
 {
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return monotonic_ns () / 1000000;
 }
 
 struct connection *
@@ -429,15 +426,6 @@ conn_fill_iov (struct connection *conn, const struct iovec *iov, int iovcnt)
 #define SPIN_NS 100000
 #define SPIN_ON_NS 300000
 
-static int64_t
-clock_ns (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static ssize_t
 conn_recv_adaptive (struct connection *conn)
 {
@@ -445,21 +433,21 @@ conn_recv_adaptive (struct connection *conn)
   ssize_t r;
 
   if (conn->spin) {
-    int64_t end = clock_ns () + SPIN_NS;
+    int64_t end = monotonic_ns () + SPIN_NS;
 
     do {
       r = recv (conn->fd_in, conn->rbuf, CONN_RBUF_SIZE, MSG_DONTWAIT);
       if (r >= 0 || (errno != EAGAIN && errno != EINTR))
         return r;
       sched_yield ();         /* a busy machine: others run first */
-    } while (clock_ns () < end);
+    } while (monotonic_ns () < end);
     conn->spin = false;
   }
-  t = clock_ns ();
+  t = monotonic_ns ();
   do
     r = recv (conn->fd_in, conn->rbuf, CONN_RBUF_SIZE, 0);
   while (r == -1 && errno == EINTR);
-  conn->spin = r > 0 && clock_ns () - t < SPIN_ON_NS;
+  conn->spin = r > 0 && monotonic_ns () - t < SPIN_ON_NS;
   return r;
 }
 

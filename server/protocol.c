@@ -11,10 +11,10 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "internal.h"
 #include "minmax.h"
+#include "monotonic.h"
 #include "connection.h"
 #include "protocol.h"
 #include "reply.h"
@@ -87,15 +87,6 @@ big_release (struct connection *conn)
   pthread_mutex_unlock (&conn->big_lock);
 }
 
-static int64_t
-now_ns (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Count an answered request for --metrics before its reply can leave,
  * so a client holding the reply finds it counted.  The duration runs
  * from the start of the stack call to the answer being ready (sending
@@ -107,7 +98,7 @@ work_count (const struct connection *conn, struct work *w, int err)
   if (!metrics_on || w->counted)
     return;
   if (w->end == 0)
-    w->end = now_ns ();
+    w->end = monotonic_ns ();
   w->counted = true;
   metrics_request (conn->metrics_export, w->req.type, w->req.count,
                    errno_to_nbd (err, w->req.flags), w->end - w->start,
@@ -566,7 +557,7 @@ request_answer (struct connection *conn, bool batch, struct work *w)
   w->counted = false;
   if (metrics_on) {
     metrics_request_start ();
-    w->start = now_ns ();
+    w->start = monotonic_ns ();
   }
   thread_clear_error ();                                          /* */
   if (err == 0) {
@@ -582,10 +573,10 @@ request_answer (struct connection *conn, bool batch, struct work *w)
       int64_t t;
 
       if (w->start == 0)
-        w->start = now_ns ();
+        w->start = monotonic_ns ();
       ret = request_run (conn, batch, w, &err);
       if (w->end == 0)
-        w->end = now_ns ();
+        w->end = monotonic_ns ();
       t = w->end - w->start;
       /* Moving average over about 8 calls; races only blur it. */
       atomic_store (&conn->call_ns,
