@@ -37,6 +37,8 @@ import sys
 import tempfile
 import time
 
+from bench import proc_status_kib   # a number from /proc/PID/status
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 GiB = 1 << 30
@@ -62,17 +64,6 @@ def raise_nofile():
     else:
         print(f"RLIMIT_NOFILE is already at the hard limit {hard}")
     return hard
-
-
-def proc_status(pid, key):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def build_client(tmpdir):
@@ -131,10 +122,10 @@ class Server:
                 time.sleep(0.05)
 
     def threads(self):
-        return proc_status(self.pid, "Threads")
+        return proc_status_kib(self.pid, "Threads")
 
     def rss(self):
-        return proc_status(self.pid, "VmRSS")
+        return proc_status_kib(self.pid, "VmRSS")
 
     def stop(self):
         if self.proc.poll() is None:
