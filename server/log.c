@@ -92,6 +92,21 @@ server_error (const char *fmt, ...)
   va_end (args);
 }
 
+/* Start-up warnings (an option that does nothing, a debug flag nothing
+ * uses) always go to stderr, before any log is set up, as nbdkit's do.
+ */
+void
+startup_warning (const char *fmt, ...)
+{
+  va_list args;
+
+  fputs ("nbdsrv: warning: ", stderr);
+  va_start (args, fmt);
+  vfprintf (stderr, fmt, args);
+  va_end (args);
+  fputc ('\n', stderr);
+}
+
 void
 server_debug (const char *fmt, ...)
 {

@@ -243,20 +243,6 @@ debug_flag_symbol (char *buf, size_t n, const struct debug_flag *d)
       *s = '_';
 }
 
-static void
-warn (const char *fmt, ...) ATTRIBUTE_PRINTF (1, 2);
-static void
-warn (const char *fmt, ...)
-{
-  va_list args;
-
-  fputs ("nbdsrv: warning: ", stderr);
-  va_start (args, fmt);
-  vfprintf (stderr, fmt, args);
-  va_end (args);
-  fputc ('\n', stderr);
-}
-
 /* Set each flag in the plugin or filter NAME.  As nbdkit does, a flag
  * for a variable the plugin lacks, then (once every name loaded has
  * taken its flags) one that names nothing loaded, is a warning and the
@@ -277,12 +263,13 @@ apply_debug_flags (void)
       continue;
     debug_flag_symbol (sym, sizeof sym, d);
     if (server || plugin_debug_flag_set (d->name, sym, d->value) == -1)
-      warn ("-D %s.%s: %s does not contain a global variable called %s",
-            d->name, d->flag, d->name, sym);
+      startup_warning ("-D %s.%s: %s does not contain a global variable "
+                       "called %s", d->name, d->flag, d->name, sym);
   }
   for (d = debug_flags; d; d = d->next)
     if (!d->used)
-      warn ("debug flag -D %s.%s was not used", d->name, d->flag);
+      startup_warning ("debug flag -D %s.%s was not used", d->name,
+                       d->flag);
 }
 
 static void

@@ -246,8 +246,8 @@ selinux_label_set (const char *label)
     return 0;
   if (access ("/sys/fs/selinux/enforce", F_OK) == -1) {
     if (label)
-      fprintf (stderr, "nbdsrv: warning: --selinux-label=%s ignored: "
-               "SELinux is not enabled on this host\n", label);
+      startup_warning ("--selinux-label=%s ignored: SELinux is not "
+                       "enabled on this host", label);
     return 0;
   }
   fd = open (attr, O_WRONLY | O_CLOEXEC);

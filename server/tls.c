@@ -73,21 +73,6 @@ gnutls_log (int level, const char *msg)
                 (int) (len && msg[len - 1] == '\n' ? len - 1 : len), msg);
 }
 
-/* Start-up only, where nbdsrv's messages go to stderr. */
-static void
-start_warning (const char *fmt, ...) ATTRIBUTE_PRINTF (1, 2);
-static void
-start_warning (const char *fmt, ...)
-{
-  va_list args;
-
-  fputs ("nbdsrv: warning: ", stderr);
-  va_start (args, fmt);
-  vfprintf (stderr, fmt, args);
-  va_end (args);
-  fputc ('\n', stderr);
-}
-
 static int
 dir_check (const char *dir)
 {
@@ -346,9 +331,9 @@ default_load (void)
     return -1;
   }
   if (cfg.tls == TLS_ON)
-    start_warning ("--tls=on but no certificates were found: TLS is "
-                   "disabled (use --tls-certificates=DIR or "
-                   "--tls-psk=FILE)");
+    startup_warning ("--tls=on but no certificates were found: TLS is "
+                     "disabled (use --tls-certificates=DIR or "
+                     "--tls-psk=FILE)");
   cfg.tls = TLS_OFF;
   return 0;
 }
@@ -360,7 +345,7 @@ tls_load (void)
 
   if (cfg.tls == TLS_OFF) {
     if (cfg.tls_verify_peer)
-      start_warning ("--tls-verify-peer has no effect with --tls=off");
+      startup_warning ("--tls-verify-peer has no effect with --tls=off");
     return 0;
   }
   if (cfg.tls_log > 0) {
