@@ -113,4 +113,16 @@ int blockstore_extents (struct blockstore *bs, nbdkit_next *next,
                         bool clean_from_below,
                         struct nbdkit_extents *extents, int *err);
 
+/* For the filter's .prepare: size the store to the layer below
+ * (blockstore-layer.c).
+ */
+int blockstore_prepare (struct blockstore *bs, nbdkit_next *next);
+
+/* For the filter's .block_size: what the layer below asks, preferring
+ * at least whole blocks of the store.
+ */
+int blockstore_block_size (const struct blockstore *bs, nbdkit_next *next,
+                           uint32_t *minimum, uint32_t *preferred,
+                           uint32_t *maximum);
+
 #endif /* NBDSRV_BLOCKSTORE_H */

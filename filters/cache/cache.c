@@ -165,25 +165,15 @@ cache_unload (void)
 static int
 cache_prepare (nbdkit_next *next, void *handle, int readonly)
 {
-  int64_t size = next->get_size (next);
-
-  if (size == -1)
-    return -1;
-  return blockstore_set_size (cache_store, size);
+  return blockstore_prepare (cache_store, next);
 }
 
 static int
 cache_block_size (nbdkit_next *next, void *handle, uint32_t *minimum,
-                  uint32_t *preferred, uint32_t *maximum)
+                 uint32_t *preferred, uint32_t *maximum)
 {
-  if (next->block_size (next, minimum, preferred, maximum) == -1)
-    return -1;
-  if (*minimum == 0) {          /* the layer below has no constraints */
-    *minimum = 1;
-    *maximum = 0xffffffff;
-  }
-  *preferred = MAX (*preferred, blockstore_blksize (cache_store));
-  return 0;
+  return blockstore_block_size (cache_store, next, minimum, preferred,
+                                maximum);
 }
 
 /* Flush is offered even if the layer below has none, since only a

@@ -98,25 +98,14 @@ cow_open (nbdkit_next_open *next, nbdkit_context *context,
 static int
 cow_prepare (nbdkit_next *next, void *handle, int readonly)
 {
-  int64_t size = next->get_size (next);
-
-  if (size == -1)
-    return -1;
-  return blockstore_set_size (store, size);
+  return blockstore_prepare (store, next);
 }
 
 static int
 cow_block_size (nbdkit_next *next, void *handle, uint32_t *minimum,
-                uint32_t *preferred, uint32_t *maximum)
+               uint32_t *preferred, uint32_t *maximum)
 {
-  if (next->block_size (next, minimum, preferred, maximum) == -1)
-    return -1;
-  if (*minimum == 0) {          /* the layer below has no constraints */
-    *minimum = 1;
-    *maximum = 0xffffffff;
-  }
-  *preferred = MAX (*preferred, blksize);
-  return 0;
+  return blockstore_block_size (store, next, minimum, preferred, maximum);
 }
 
 /* Whatever the layer below can do, the overlay can be written,
