@@ -1,7 +1,9 @@
 /* nbdsrv: the per-connection answers an overlay filter (cow, cache)
  * gives about the layer it covers (see blockstore.h).
  */
+#include <stdbool.h>
 #include <stdint.h>
+#include <unistd.h>
 
 #include <nbdkit-filter.h>
 
@@ -31,4 +33,29 @@ blockstore_block_size (const struct blockstore *bs, nbdkit_next *next,
   }
   *preferred = MAX (*preferred, blockstore_blksize (bs));
   return 0;
+}
+
+int
+blockstore_on_read_parse (struct blockstore_on_read *r, const char *value)
+{
+  int b;
+
+  if (value[0] == '/') {
+    r->path = value;
+    return 0;
+  }
+  b = nbdkit_parse_bool (value);
+  if (b == -1)
+    return -1;
+  r->on = b;
+  r->path = NULL;
+  return 0;
+}
+
+bool
+blockstore_on_read_now (const struct blockstore_on_read *r)
+{
+  if (r->path != NULL)
+    return access (r->path, F_OK) == 0;
+  return r->on;
 }

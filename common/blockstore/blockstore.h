@@ -125,4 +125,16 @@ int blockstore_block_size (const struct blockstore *bs, nbdkit_next *next,
                            uint32_t *minimum, uint32_t *preferred,
                            uint32_t *maximum);
 
+/* cow-on-read= and cache-on-read=: BOOL, or /PATH meaning "while PATH
+ * exists" (blockstore-layer.c).  VALUE is borrowed from the command
+ * line, which outlives the filter.
+ */
+struct blockstore_on_read {
+  bool on;
+  const char *path;             /* borrowed; NULL for a plain BOOL */
+};
+int blockstore_on_read_parse (struct blockstore_on_read *r,
+                              const char *value);
+bool blockstore_on_read_now (const struct blockstore_on_read *r);
+
 #endif /* NBDSRV_BLOCKSTORE_H */

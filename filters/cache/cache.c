@@ -11,7 +11,6 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <nbdkit-filter.h>
 
@@ -24,8 +23,7 @@ uint64_t cache_max_size;
 unsigned cache_high_threshold = 95, cache_low_threshold = 80;
 
 static unsigned min_block_size = 65536;  /* cache-min-block-size */
-static bool cache_on_read;               /* cache-on-read=BOOL */
-static const char *cache_on_read_path;   /* cache-on-read=/PATH */
+static struct blockstore_on_read cache_on_read;  /* cache-on-read= */
 
 static int
 cache_config_mode (const char *value)
@@ -73,8 +71,6 @@ static int
 cache_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
               const char *key, const char *value)
 {
-  int r;
-
   if (strcmp (key, "cache") == 0)
     return cache_config_mode (value);
   if (strcmp (key, "cache-max-size") == 0 ||
@@ -92,18 +88,8 @@ cache_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     }
     return 0;
   }
-  if (strcmp (key, "cache-on-read") == 0) {
-    if (value[0] == '/') {
-      cache_on_read_path = value;
-      return 0;
-    }
-    r = nbdkit_parse_bool (value);
-    if (r == -1)
-      return -1;
-    cache_on_read = r;
-    cache_on_read_path = NULL;
-    return 0;
-  }
+  if (strcmp (key, "cache-on-read") == 0)
+    return blockstore_on_read_parse (&cache_on_read, value);
   return next (nxdata, key, value);
 }
 
@@ -216,9 +202,7 @@ cache_can_cache (nbdkit_next *next, void *handle)
 static bool
 cache_copy_reads (void)
 {
-  if (cache_on_read_path != NULL)
-    return access (cache_on_read_path, F_OK) == 0;
-  return cache_on_read;
+  return blockstore_on_read_now (&cache_on_read);
 }
 
 static int

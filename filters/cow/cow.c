@@ -13,7 +13,6 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <nbdkit-filter.h>
 
@@ -22,8 +21,7 @@
 
 static unsigned blksize = 65536;   /* cow-block-size */
 static bool cow_on_cache;          /* cow-on-cache */
-static bool cow_on_read;           /* cow-on-read=BOOL */
-static const char *cow_on_read_path; /* cow-on-read=/PATH, borrowed */
+static struct blockstore_on_read cow_on_read;  /* cow-on-read= */
 
 static struct blockstore *store;   /* owned, from get_ready */
 
@@ -52,18 +50,8 @@ cow_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     cow_on_cache = r;
     return 0;
   }
-  if (strcmp (key, "cow-on-read") == 0) {
-    if (value[0] == '/') {
-      cow_on_read_path = value;
-      return 0;
-    }
-    r = nbdkit_parse_bool (value);
-    if (r == -1)
-      return -1;
-    cow_on_read = r;
-    cow_on_read_path = NULL;
-    return 0;
-  }
+  if (strcmp (key, "cow-on-read") == 0)
+    return blockstore_on_read_parse (&cow_on_read, value);
   return next (nxdata, key, value);
 }
 
@@ -149,9 +137,7 @@ cow_can_cache (nbdkit_next *next, void *handle)
 static bool
 cow_copy_reads (void)
 {
-  if (cow_on_read_path != NULL)
-    return access (cow_on_read_path, F_OK) == 0;
-  return cow_on_read;
+  return blockstore_on_read_now (&cow_on_read);
 }
 
 /* Fills BUF with the whole of block BLK as the client sees it.  Caller
