@@ -30,6 +30,7 @@
 #include "tls.h"
 #include "metrics.h"
 #include "park.h"
+#include "slab.h"
 
 /* Live connections, for shutdown and for waiting at exit. */
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -46,6 +47,9 @@ static unsigned conns_served;        /* ids handed out so far */
  * hold up the requests behind it.
  */
 static atomic_uint recent_call_ns = INLINE_MAX_NS;
+
+/* The connections themselves (slab.c says why not malloc). */
+static struct slab_pool conn_pool = SLAB_POOL_INIT (sizeof (struct connection));
 
 /* Connections freed since the heap was last trimmed (conns_trim). */
 static atomic_uint freed_since_trim;
@@ -64,11 +68,11 @@ struct connection *
 conn_new (int fd_in, int fd_out, const struct sockaddr_storage *peer,
           socklen_t peer_len)
 {
-  struct connection *conn = calloc (1, sizeof *conn);
+  struct connection *conn = slab_alloc (&conn_pool);
 
   if (conn == NULL || (conn->rbuf = park_buffers_get ()) == NULL) {
     server_error ("cannot accept a connection: out of memory");
-    free (conn);
+    slab_free (&conn_pool, conn);
     return NULL;
   }
   conn->obuf = conn->rbuf + CONN_RBUF_SIZE;
@@ -108,7 +112,7 @@ conn_new (int fd_in, int fd_out, const struct sockaddr_storage *peer,
                   "limit: refusing another", nconns);
     metrics_connection_refused ();
     park_buffers_put (conn->rbuf);
-    free (conn);
+    slab_free (&conn_pool, conn);
     return NULL;
   }
   conn->id = ++conns_served;
@@ -162,7 +166,7 @@ conn_free (struct connection *conn)
   pthread_mutex_unlock (&conns_lock);
   metrics_connection_close ();
   atomic_fetch_add (&freed_since_trim, 1);
-  free (conn);
+  slab_free (&conn_pool, conn);
   if (cfg.single)               /* -s: the server's one client is gone */
     quit_set ();
 }

@@ -17,6 +17,7 @@
 
 #include "internal.h"
 #include "minmax.h"
+#include "slab.h"
 
 /* Emulated CACHE reads in pieces of nbdkit's largest request, so a
  * slow plugin is called as often as under nbdkit.
@@ -30,11 +31,16 @@
 
 static const struct nbdkit_next_ops next_ops;
 
+/* One context per layer per connection: from slabs, like the
+ * connections themselves (slab.c).
+ */
+static struct slab_pool ctx_pool = SLAB_POOL_INIT (sizeof (struct context));
+
 struct context *
 ctx_open (struct nbdkit_backend *b, bool readonly, const char *exportname,
           bool shared)
 {
-  struct context *c = calloc (1, sizeof *c);
+  struct context *c = slab_alloc (&ctx_pool);
 
   if (c == NULL) {
     nbdkit_error ("cannot open the %s layer: %m", b->name);
@@ -54,7 +60,7 @@ ctx_open (struct nbdkit_backend *b, bool readonly, const char *exportname,
   else
     c->handle = filter_open (c, readonly, exportname);
   if (c->handle == NULL) {
-    free (c);
+    slab_free (&ctx_pool, c);
     return NULL;
   }
   return c;
@@ -104,7 +110,7 @@ ctx_close (struct context *c)
     filter_close (c);
     ctx_close (c->c_next);
   }
-  free (c);
+  slab_free (&ctx_pool, c);
 }
 
 int64_t
