@@ -180,10 +180,11 @@ conns_trim_due (void)
 
 /* After a burst (an acceptor thread found nothing to do for a while):
  * if many connections were freed, give their memory back to the
- * system.  Each leaves about a kilobyte scattered in the threads'
- * malloc arenas, which glibc only returns from the top of an arena, so
- * without this ten thousand clients that left would keep ten
- * megabytes.  malloc_trim walks the arenas, so only after TRIM_MIN.
+ * system.  The connections, their contexts and buffers are returned
+ * as they are freed (slab.c, park.c); what each leaves in the malloc
+ * arenas is its small strings (the export name, a plugin's handle),
+ * and those pages only go back through malloc_trim, which walks every
+ * arena, so only after TRIM_MIN.
  */
 void
 conns_trim (void)
