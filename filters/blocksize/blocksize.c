@@ -22,6 +22,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "extents-copy.h"
 #include "minmax.h"
 #include "rounding.h"
 
@@ -422,8 +423,6 @@ blocksize_extents (nbdkit_next *next, void *handle, uint32_t count,
   uint64_t end = round_up (offset + count, h->minblock);
   uint64_t len = MIN (round_up (count, h->minblock), (uint64_t) h->maxlen);
   struct nbdkit_extents *below = nbdkit_extents_new (start, end);
-  struct nbdkit_extent e;
-  size_t i, n;
   int r = -1;
 
   if (below == NULL) {
@@ -431,18 +430,9 @@ blocksize_extents (nbdkit_next *next, void *handle, uint32_t count,
     return -1;
   }
   if (nbdkit_extents_aligned (next, len, start, flags, h->minblock, below,
-                              err) == -1)
-    goto out_free;
-  n = nbdkit_extents_count (below);
-  for (i = 0; i < n; i++) {
-    e = nbdkit_get_extent (below, i);
-    if (nbdkit_add_extent (extents, e.offset, e.length, e.type) == -1) {
-      *err = errno;
-      goto out_free;
-    }
-  }
-  r = 0;
- out_free:
+                              err) == 0 &&
+      extents_copy (extents, below, 0, offset, err) != -1)
+    r = 0;
   nbdkit_extents_free (below);
   return r;
 }

@@ -11,6 +11,8 @@
 
 #include <nbdkit-filter.h>
 
+#include "extents-copy.h"
+
 static int64_t offset = 0;      /* bytes, >= 0 */
 static int64_t range = -1;      /* bytes, or -1: to the end */
 
@@ -106,9 +108,7 @@ offset_extents (nbdkit_next *next, void *handle, uint32_t count,
                 struct nbdkit_extents *extents, int *err)
 {
   struct nbdkit_extents *below;
-  struct nbdkit_extent e;
   int64_t size = offset_get_size (next, handle);
-  size_t i, n;
   int r = -1;
 
   if (size == -1) {
@@ -120,19 +120,9 @@ offset_extents (nbdkit_next *next, void *handle, uint32_t count,
     *err = errno;
     return -1;
   }
-  if (next->extents (next, count, offs + offset, flags, below, err) == -1)
-    goto out_free;
-  n = nbdkit_extents_count (below);
-  for (i = 0; i < n; i++) {
-    e = nbdkit_get_extent (below, i);
-    if (nbdkit_add_extent (extents, e.offset - offset, e.length,
-                           e.type) == -1) {
-      *err = errno;
-      goto out_free;
-    }
-  }
-  r = 0;
- out_free:
+  if (next->extents (next, count, offs + offset, flags, below, err) == 0 &&
+      extents_copy (extents, below, offset, offs, err) != -1)
+    r = 0;
   nbdkit_extents_free (below);
   return r;
 }

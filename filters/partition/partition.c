@@ -12,6 +12,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "extents-copy.h"
 #include "partition-find.h"
 
 static unsigned partnum;        /* from 1; 0 until given */
@@ -168,8 +169,6 @@ partition_extents (nbdkit_next *next, void *handle, uint32_t count,
 {
   struct handle *h = handle;
   struct nbdkit_extents *below;
-  struct nbdkit_extent e;
-  size_t i, n;
   int r = -1;
 
   below = nbdkit_extents_new (offset + h->offset, h->offset + h->length);
@@ -178,19 +177,9 @@ partition_extents (nbdkit_next *next, void *handle, uint32_t count,
     return -1;
   }
   if (next->extents (next, count, offset + h->offset, flags, below,
-                     err) == -1)
-    goto out_free;
-  n = nbdkit_extents_count (below);
-  for (i = 0; i < n; i++) {
-    e = nbdkit_get_extent (below, i);
-    if (nbdkit_add_extent (extents, e.offset - h->offset, e.length,
-                           e.type) == -1) {
-      *err = errno;
-      goto out_free;
-    }
-  }
-  r = 0;
- out_free:
+                     err) == 0 &&
+      extents_copy (extents, below, h->offset, offset, err) != -1)
+    r = 0;
   nbdkit_extents_free (below);
   return r;
 }

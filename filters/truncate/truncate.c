@@ -10,6 +10,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "extents-copy.h"
 #include "iszero.h"
 #include "minmax.h"
 #include "rounding.h"
@@ -138,9 +139,14 @@ truncate_pwrite (nbdkit_next *next, void *handle, const void *buf,
   return next->pwrite (next, buf, n, offset, flags, err);
 }
 
-static int
-truncate_trim (nbdkit_next *next, void *handle, uint32_t count,
-               uint64_t offset, uint32_t flags, int *err)
+/* How much of [OFFSET, OFFSET+COUNT) lies below the real end: what a
+ * trim, zero or cache passes down (past the end there is nothing to
+ * drop, the zeroes are already there, and nothing to cache).  -1 with
+ * *ERR when the size below is unknown.
+ */
+static int64_t
+truncate_part_below (nbdkit_next *next, uint32_t count, uint64_t offset,
+                     int *err)
 {
   int64_t real_size = truncate_real_size (next, err);
 
@@ -148,40 +154,45 @@ truncate_trim (nbdkit_next *next, void *handle, uint32_t count,
     return -1;
   if (offset >= (uint64_t) real_size)
     return 0;
-  count = MIN ((uint64_t) count, real_size - offset);
-  return next->trim (next, count, offset, flags, err);
+  return MIN ((uint64_t) count, real_size - offset);
+}
+
+static int
+truncate_trim (nbdkit_next *next, void *handle, uint32_t count,
+               uint64_t offset, uint32_t flags, int *err)
+{
+  int64_t n = truncate_part_below (next, count, offset, err);
+
+  if (n <= 0)
+    return n;
+  return next->trim (next, n, offset, flags, err);
 }
 
 static int
 truncate_zero (nbdkit_next *next, void *handle, uint32_t count,
                uint64_t offset, uint32_t flags, int *err)
 {
-  int64_t real_size = truncate_real_size (next, err);
+  int64_t n = truncate_part_below (next, count, offset, err);
 
-  if (real_size == -1)
-    return -1;
-  if (offset >= (uint64_t) real_size)
-    return 0;
-  count = MIN ((uint64_t) count, real_size - offset);
-  return next->zero (next, count, offset, flags, err);
+  if (n <= 0)
+    return n;
+  return next->zero (next, n, offset, flags, err);
 }
 
 static int
 truncate_cache (nbdkit_next *next, void *handle, uint32_t count,
                 uint64_t offset, uint32_t flags, int *err)
 {
-  int64_t real_size = truncate_real_size (next, err);
+  int64_t n = truncate_part_below (next, count, offset, err);
 
-  if (real_size == -1)
-    return -1;
-  if (offset >= (uint64_t) real_size)
-    return 0;
-  count = MIN ((uint64_t) count, real_size - offset);
-  return next->cache (next, count, offset, flags, err);
+  if (n <= 0)
+    return n;
+  return next->cache (next, n, offset, flags, err);
 }
 
 /* Ask below for the extents of [OFFSET, min (OFFSET+COUNT, REAL_SIZE))
- * and copy them into EXTENTS.  Sets *END to where they stop.
+ * and copy them into EXTENTS.  Sets *END to where they stop (OFFSET if
+ * the layer below gave none).
  */
 static int
 truncate_copy_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
@@ -190,9 +201,7 @@ truncate_copy_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
                        int *err)
 {
   struct nbdkit_extents *below;
-  struct nbdkit_extent e;
-  size_t i, n;
-  int r = -1;
+  int64_t stop = -1;
 
   below = nbdkit_extents_new (offset, real_size);
   if (below == NULL) {
@@ -200,21 +209,13 @@ truncate_copy_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
     return -1;
   }
   if (next->extents (next, MIN ((uint64_t) count, real_size - offset),
-                     offset, flags, below, err) == -1)
-    goto out_free;
-  n = nbdkit_extents_count (below);
-  for (i = 0; i < n; i++) {
-    e = nbdkit_get_extent (below, i);
-    if (nbdkit_add_extent (extents, e.offset, e.length, e.type) == -1) {
-      *err = errno;
-      goto out_free;
-    }
-    *end = e.offset + e.length;
-  }
-  r = 0;
- out_free:
+                     offset, flags, below, err) == 0)
+    stop = extents_copy (extents, below, 0, offset, err);
   nbdkit_extents_free (below);
-  return r;
+  if (stop == -1)
+    return -1;
+  *end = stop;
+  return 0;
 }
 
 /* Below the end of the layer below its extents; past it, one hole. */

@@ -1,6 +1,8 @@
 /* Unit test: the filter helpers nbdkit_extents_full and
  * nbdkit_extents_aligned (nbdkit-filter(3)), driven by a fake layer
- * below that answers block status from a fixed map of the disk.
+ * below that answers block status from a fixed map of the disk; and
+ * extents_copy (extents-copy.h), which filters use to answer with
+ * what the layer below said.
  */
 #include "config.h"
 
@@ -9,6 +11,7 @@
 #include <stdio.h>
 
 #include "internal.h"
+#include "extents-copy.h"
 #include "stubs.h"
 
 #define H NBDKIT_EXTENT_HOLE
@@ -230,10 +233,51 @@ test_aligned (void)
   extents_release (&e);
 }
 
+/* What the layer below said of [1 MiB, 1 MiB + 12 KiB), copied into
+ * a filter's list that starts at 0 with the disk 1 MiB further up.
+ */
+static void
+test_copy (void)
+{
+  struct nbdkit_extents below = { 0 }, out = { 0 };
+  struct nbdkit_extent x;
+  int64_t end;
+  int err = 0;
+
+  extents_reset (&below, 1 << 20, 2 << 20);
+  nbdkit_add_extent (&below, 1 << 20, 4096, 0);
+  nbdkit_add_extent (&below, (1 << 20) + 4096, 8192, HZ);
+  extents_reset (&out, 0, 1 << 20);
+  end = extents_copy (&out, &below, 1 << 20, 0, &err);
+  check (end == 12288, "copy: ends where the last extent ends, shifted");
+  check (nbdkit_extents_count (&out) == 2, "copy: both extents are there");
+  x = nbdkit_get_extent (&out, 1);
+  check (x.offset == 4096 && x.length == 8192 && x.type == HZ,
+         "copy: offsets shifted, lengths and types kept");
+  extents_release (&out);
+
+  extents_reset (&out, 0, 1 << 20);
+  extents_reset (&below, 1 << 20, 2 << 20);
+  check (extents_copy (&out, &below, 1 << 20, 512, &err) == 512,
+         "copy: an empty list ends where it was asked from");
+  extents_release (&out);
+
+  /* Unshifted, the first extent starts past the list's start. */
+  extents_reset (&out, 0, 1 << 20);
+  nbdkit_add_extent (&below, 1 << 20, 4096, 0);
+  err = 0;
+  check (extents_copy (&out, &below, 0, 0, &err) == -1 &&
+         err == ERANGE, "copy: an extent the list refuses fails with "
+         "its errno");
+  extents_release (&out);
+  extents_release (&below);
+}
+
 int
 main (void)
 {
   test_full ();
   test_aligned ();
+  test_copy ();
   return test_summary ();
 }
