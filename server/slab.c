@@ -37,8 +37,9 @@ struct slab {
 };
 
 /* The first object sits after the header, on SLAB_ALIGN. */
-#define FIRST(s) ((char *) (s) + (sizeof (struct slab) + SLAB_ALIGN - 1) \
-                  / SLAB_ALIGN * SLAB_ALIGN)
+#define HEADER_BYTES \
+  ((sizeof (struct slab) + SLAB_ALIGN - 1) / SLAB_ALIGN * SLAB_ALIGN)
+#define FIRST(s) ((char *) (s) + HEADER_BYTES)
 #define END(s) ((char *) (s) + SLAB_BYTES)
 
 static struct slab *
@@ -111,7 +112,7 @@ slab_alloc (struct slab_pool *pool)
   struct slab *s;
   void *obj;
 
-  if (pool->size > (size_t) (END (NULL) - FIRST (NULL))) {
+  if (pool->size > SLAB_BYTES - HEADER_BYTES) {
     errno = ENOMEM;             /* a slab would not hold one */
     return NULL;
   }
