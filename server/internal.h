@@ -71,6 +71,8 @@ void log_open (void);
 void log_msg (bool is_error, const char *fmt, va_list args)
   ATTRIBUTE_PRINTF (2, 0);
 void server_error (const char *fmt, ...) ATTRIBUTE_PRINTF (1, 2);
+void startup_vmessage (const char *kind, const char *fmt, va_list args)
+  ATTRIBUTE_PRINTF (2, 0);
 void startup_warning (const char *fmt, ...) ATTRIBUTE_PRINTF (1, 2);
 void server_debug (const char *fmt, ...) ATTRIBUTE_PRINTF (1, 2);
 #define debug(...) do { if (cfg.verbose) server_debug (__VA_ARGS__); } while (0)

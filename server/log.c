@@ -92,19 +92,27 @@ server_error (const char *fmt, ...)
   va_end (args);
 }
 
-/* Start-up warnings (an option that does nothing, a debug flag nothing
- * uses) always go to stderr, before any log is set up, as nbdkit's do.
+/* Start-up messages ("nbdsrv: KIND: ...") always go to stderr, before
+ * any log is set up, as nbdkit's do: the command line's errors, and
+ * warnings such as an option that does nothing or a debug flag nothing
+ * uses.
  */
+void
+startup_vmessage (const char *kind, const char *fmt, va_list args)
+{
+  fprintf (stderr, "nbdsrv: %s: ", kind);
+  vfprintf (stderr, fmt, args);
+  fputc ('\n', stderr);
+}
+
 void
 startup_warning (const char *fmt, ...)
 {
   va_list args;
 
-  fputs ("nbdsrv: warning: ", stderr);
   va_start (args, fmt);
-  vfprintf (stderr, fmt, args);
+  startup_vmessage ("warning", fmt, args);
   va_end (args);
-  fputc ('\n', stderr);
 }
 
 void

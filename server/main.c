@@ -159,11 +159,9 @@ die (const char *fmt, ...)
 {
   va_list args;
 
-  fputs ("nbdsrv: error: ", stderr);
   va_start (args, fmt);
-  vfprintf (stderr, fmt, args);
+  startup_vmessage ("error", fmt, args);
   va_end (args);
-  fputc ('\n', stderr);
   exit (EXIT_FAILURE);
 }
 
