@@ -25,6 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "seconds.h"
+
 #define WINDOW 128
 #define FAIL_MAX 1000
 #define REPLY_MAX 512
@@ -40,15 +42,6 @@ struct client {
   size_t got;                   /* bytes of the handshake received */
   unsigned char buf[REPLY_MAX];
 };
-
-static double
-now (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static int
 open_client (const struct sockaddr_un *addr)

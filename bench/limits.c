@@ -23,19 +23,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "seconds.h"
+
 #define CHUNK (1024 * 1024)
 #define COPY_SIZE (64 * 1024 * 1024)
 #define MAX_STREAM_BYTES (1024ULL * 1024 * 1024 * 1024) /* 1 TiB */
 #define MAX_ROUND_TRIPS 50000000ULL
-
-static double
-now (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* Copy 64 MiB buffers (larger than any cache here) back and forth. */
 static int
