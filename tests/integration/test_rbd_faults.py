@@ -156,7 +156,7 @@ def test_sigterm_in_flight(server, ceph, tmp_path):
     s.proc.send_signal(signal.SIGTERM)
     results = retire(h, list(writes))
     hang_up(h)
-    assert s.stop(timeout=HANG) == 0
+    assert s.stop(timeout=HANG) == 0, s.stderr_text()
     ok = [writes[c] for c, err in results.items() if err == 0]
     out = tmp_path / "export.raw"
     ceph.rbd("export", "%s/%s" % (POOL, name), str(out))
@@ -183,7 +183,7 @@ def test_sigterm_osd_frozen(server, ceph, osd):
     s.proc.send_signal(signal.SIGTERM)
     results = retire(h, cookies)
     hang_up(h)
-    assert s.stop(timeout=HANG) == 0
+    assert s.stop(timeout=HANG) == 0, s.stderr_text()
     # librbd may still answer a read of what was just written from its
     # own cache (CI saw one of eight): right data, then.
     assert set(results.values()) <= {0, 5, 107}, results
