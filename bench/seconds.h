@@ -1,16 +1,16 @@
-/* The bench programs' clock: seconds on CLOCK_MONOTONIC, as a double. */
+/* The bench programs' clock: the server's monotonic clock
+ * (common/include/monotonic.h) in seconds, as a double.  The programs
+ * are compiled alone with `cc`, so the header is found by its path.
+ */
 #ifndef NBDSRV_BENCH_SECONDS_H
 #define NBDSRV_BENCH_SECONDS_H
 
-#include <time.h>
+#include "../common/include/monotonic.h"
 
 static inline double
 now (void)
 {
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
+  return monotonic_ns () / 1e9;
 }
 
 #endif /* NBDSRV_BENCH_SECONDS_H */
