@@ -112,8 +112,9 @@ def tree_ticks(pid, forks):
     return total
 
 
-def proc_status_kib(pid, key):
-    """A 'kB' line of /proc/PID/status, such as VmHWM, or None."""
+def proc_status_number(pid, key):
+    """The number on a line of /proc/PID/status (VmHWM in kB, Threads),
+    or None."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -194,7 +195,7 @@ class RssSampler:
 
     def sample(self):
         for p in [self.pid] + proc_descendants(self.pid):
-            self.peak = max(self.peak, proc_status_kib(p, "VmHWM") or 0)
+            self.peak = max(self.peak, proc_status_number(p, "VmHWM") or 0)
 
     def run(self):
         while not self.stopping.wait(self.period):
@@ -622,13 +623,13 @@ class ServerInstance:
         return tree_ticks(self.pid, self.spec.forks)
 
     def rss_kib(self):
-        return proc_status_kib(self.pid, "VmRSS")
+        return proc_status_number(self.pid, "VmRSS")
 
     def peak_kib(self):
         if self.sampler is not None:
             return max(self.sampler.stop(),
-                       proc_status_kib(self.pid, "VmHWM") or 0)
-        return proc_status_kib(self.pid, "VmHWM")
+                       proc_status_number(self.pid, "VmHWM") or 0)
+        return proc_status_number(self.pid, "VmHWM")
 
     def stop(self):
         if self.sampler is not None:

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 
-from bench import proc_status_kib   # a number from /proc/PID/status
+from bench import proc_status_number   # a number from /proc/PID/status
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -122,10 +122,10 @@ class Server:
                 time.sleep(0.05)
 
     def threads(self):
-        return proc_status_kib(self.pid, "Threads")
+        return proc_status_number(self.pid, "Threads")
 
     def rss(self):
-        return proc_status_kib(self.pid, "VmRSS")
+        return proc_status_number(self.pid, "VmRSS")
 
     def stop(self):
         if self.proc.poll() is None:
