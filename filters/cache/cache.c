@@ -156,7 +156,7 @@ cache_prepare (nbdkit_next *next, void *handle, int readonly)
 
 static int
 cache_block_size (nbdkit_next *next, void *handle, uint32_t *minimum,
-                 uint32_t *preferred, uint32_t *maximum)
+                  uint32_t *preferred, uint32_t *maximum)
 {
   return blockstore_block_size (cache_store, next, minimum, preferred,
                                 maximum);
