@@ -92,14 +92,23 @@ caps_query (struct export *exp)
 
 /* Open the stack for NAME: every layer's .open top-down as each filter
  * passes it on, .prepare bottom-up, then the capabilities.
+ *
+ * A short name is kept in the export itself.  Whatever a connection
+ * mallocs for its whole life lands in the arena of the thread that
+ * accepted it, and after a burst of clients glibc leaves each thread
+ * arena's freed top resident (up to its pad and trim threshold, about
+ * 1 MiB over a burst's arenas), so the common case takes nothing from
+ * malloc (issue 11).
  */
 int
 backend_open (struct export *exp, const char *name, bool readonly)
 {
+  size_t len = strlen (name);
   int r = -1;
 
-  exp->name = strdup (name);
-  if (exp->name == NULL)
+  if (len < sizeof exp->name_inline)
+    exp->name = memcpy (exp->name_inline, name, len + 1);
+  else if ((exp->name = strdup (name)) == NULL)
     return -1;
   lock_request ();
   exp->top = ctx_open (stack.top, readonly, name, false);
@@ -127,7 +136,8 @@ backend_close (struct export *exp)
   }
   exp->top = NULL;
   exp->plugin_name = NULL;
-  free (exp->name);
+  if (exp->name != exp->name_inline)
+    free (exp->name);
   free (exp->description);
   exp->name = exp->description = NULL;
 }

@@ -411,12 +411,17 @@ int ctx_cache (struct context *c, uint32_t count, uint64_t offset,
  * top context, under the thread model's lock.  All data calls return 0
  * or -1 with the host errno in *err.
  */
+#define EXPORT_NAME_INLINE 64
 struct export {
   struct context *top;          /* open while not NULL */
   struct export_caps caps;
-  char *name;                   /* owned: name the client asked for */
+  char *name;                   /* name the client asked for: name_inline,
+                                   or owned when longer */
   char *description;            /* owned: asked for once, may be NULL */
-  const char *plugin_name;      /* interned: the name the plugin opened */
+  const char *plugin_name;      /* name or interned: the name the plugin
+                                   opened */
+  /* A short name lives here rather than in malloc: see backend_open. */
+  char name_inline[EXPORT_NAME_INLINE];
 };
 int backend_open (struct export *exp, const char *name, bool readonly);
 void backend_close (struct export *exp);

@@ -61,17 +61,20 @@ missing_callback (const char *cb, int errnum, int *err)
 
 /* A filter may open the plugin under another name than the client
  * asked for (exportname filter): nbdkit_export_name tells the plugin
- * the name it was opened with.
+ * the name it was opened with.  Usually it is the client's, which the
+ * export already keeps for as long as the connection.
  */
 void *
 plugin_open (struct context *c, const char *exportname)
 {
   if (c->conn) {
-    const char *name = nbdkit_strdup_intern (exportname);
+    struct export *exp = &c->conn->exp;
+    const char *name = exp->name && strcmp (exp->name, exportname) == 0
+      ? exp->name : nbdkit_strdup_intern (exportname);
 
     if (name == NULL)
       return NULL;
-    c->conn->exp.plugin_name = name;
+    exp->plugin_name = name;
   }
   return plugin.p.open (c->readonly);
 }

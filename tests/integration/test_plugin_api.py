@@ -56,3 +56,24 @@ def test_unknown_debug_flag_beside_a_known_one(server):
     assert ("nbdsrv: warning: -D apiprobe.nosuch: apiprobe does not contain "
             "a global variable called apiprobe_debug_nosuch"
             in srv.stderr_text())
+
+
+@pytest.mark.parametrize("length", [63, 64, 1000])
+def test_export_name_lengths(server, impl, length):
+    """The plugin sees the client's name whole on either side of the
+    length the export keeps inline (EXPORT_NAME_INLINE, backend.c)."""
+    name = "n" * length
+    got = report(server(PROBE, impl=impl), name)
+    assert (got["export"], got["interned"]) == (name, name + "-42")
+
+
+@pytest.mark.parametrize("length", [3, 1000])
+def test_export_name_renamed_by_a_filter(server, impl, length):
+    """With the exportname filter's default-export the plugin is opened
+    under another name than the client's: nbdkit_export_name gives the
+    plugin's, as in nbdkit."""
+    name = "d" * length
+    srv = server("--filter=exportname", PROBE, "default-export=" + name,
+                 impl=impl)
+    got = report(srv, "")
+    assert (got["export"], got["interned"]) == (name, name + "-42")
