@@ -179,18 +179,21 @@ conns_trim_due (void)
 }
 
 /* After a burst (an acceptor thread found nothing to do for a while):
- * if many connections were freed, give their memory back to the
- * system.  The connections, their contexts and buffers are returned
- * as they are freed (slab.c, park.c); what each leaves in the malloc
- * arenas is its small strings (the export name, a plugin's handle),
- * and those pages only go back through malloc_trim, which walks every
- * arena, so only after TRIM_MIN.
+ * if many connections were freed, give what they leave behind back to
+ * the system.  The connections, their contexts and buffers went back
+ * as they were freed (slab.c, park.c) but for the spares kept for the
+ * next client; a plugin's or filter's own small allocations stay in
+ * the malloc arenas, whose free pages only malloc_trim gives back, by
+ * walking every arena, so only after TRIM_MIN.
  */
 void
 conns_trim (void)
 {
   if (conns_trim_due ()) {
     atomic_store (&freed_since_trim, 0);
+    slab_trim (&conn_pool);
+    ctx_pool_trim ();
+    park_buffers_trim ();
     malloc_trim (0);
   }
 }

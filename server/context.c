@@ -36,6 +36,12 @@ static const struct nbdkit_next_ops next_ops;
  */
 static struct slab_pool ctx_pool = SLAB_POOL_INIT (sizeof (struct context));
 
+void
+ctx_pool_trim (void)
+{
+  slab_trim (&ctx_pool);
+}
+
 struct context *
 ctx_open (struct nbdkit_backend *b, bool readonly, const char *exportname,
           bool shared)

@@ -377,6 +377,7 @@ struct context *ctx_open (struct nbdkit_backend *b, bool readonly,
 int ctx_prepare (struct context *c);
 int ctx_finalize (struct context *c);
 void ctx_close (struct context *c);
+void ctx_pool_trim (void);      /* after a burst: conns_trim */
 int64_t ctx_get_size (struct context *c);
 const char *ctx_export_description (struct context *c);
 int ctx_block_size (struct context *c, uint32_t *minimum,

@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
@@ -209,6 +210,22 @@ park_buffers_get (void)
     }
   }
   return block;
+}
+
+/* After a burst: unmap the cached blocks. */
+void
+park_buffers_trim (void)
+{
+  char *blocks[BUFFERS_CACHED];
+  size_t n;
+
+  pthread_mutex_lock (&buffers_lock);
+  n = nbuffers;
+  memcpy (blocks, buffers, n * sizeof *blocks);
+  nbuffers = 0;
+  pthread_mutex_unlock (&buffers_lock);
+  while (n > 0)
+    munmap (blocks[--n], BUFFER_BYTES);
 }
 
 void

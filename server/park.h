@@ -33,5 +33,6 @@ void park_drain_begin (void);
  */
 char *park_buffers_get (void);
 void park_buffers_put (char *block);
+void park_buffers_trim (void);
 
 #endif /* NBDSRV_PARK_H */

@@ -7,7 +7,8 @@
  * nor in malloc_trim: megabytes stayed resident after every client
  * had gone.  Here a slab whose last object is freed is unmapped at
  * once, except one kept so that a client that comes and goes alone
- * does not map and unmap each time.
+ * does not map and unmap each time (slab_trim gives that one back too,
+ * once a burst is over).
  *
  * Slabs are SLAB_BYTES long and aligned to it, so an object finds its
  * slab by masking its address.  Objects are carved from a slab's
@@ -176,4 +177,17 @@ slab_free (struct slab_pool *pool, void *obj)
   pthread_mutex_unlock (&pool->lock);
   if (unmap)
     munmap (unmap, SLAB_BYTES);
+}
+
+void
+slab_trim (struct slab_pool *pool)
+{
+  struct slab *s;
+
+  pthread_mutex_lock (&pool->lock);
+  s = pool->spare;
+  pool->spare = NULL;
+  pthread_mutex_unlock (&pool->lock);
+  if (s)
+    munmap (s, SLAB_BYTES);
 }

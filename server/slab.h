@@ -28,5 +28,9 @@ struct slab_pool {
 void *slab_alloc (struct slab_pool *pool);
 /* OBJ from slab_alloc on POOL, or NULL. */
 void slab_free (struct slab_pool *pool, void *obj);
+/* Unmap POOL's spare slab: after a burst, when the memory matters more
+ * than the next client's mmap.
+ */
+void slab_trim (struct slab_pool *pool);
 
 #endif /* NBDSRV_SLAB_H */

@@ -1,5 +1,6 @@
-/* Unit test: server/slab.c hands out zeroed, aligned, distinct objects
- * and gives a slab back to the system when its last object is freed.
+/* Unit test: server/slab.c hands out zeroed, aligned, distinct objects,
+ * gives a slab back to the system when its last object is freed, and
+ * its kept spare when trimmed.
  */
 #include <errno.h>
 #include <malloc.h>
@@ -104,6 +105,16 @@ main (void)
          "next object");
   slab_free (&pool, objs[0]);
   slab_free (&pool, NULL);
+#ifndef __SANITIZE_ADDRESS__
+  check (mapped (slab_start (objs[0])), "the emptied slab is kept");
+  slab_trim (&pool);
+  check (!mapped (slab_start (objs[0])), "slab_trim unmaps the kept slab");
+#endif
+  slab_trim (&pool);
+  objs[0] = slab_alloc (&pool);
+  check (objs[0] && all_zero (objs[0], OBJ), "after a trim a new slab "
+         "serves the next object");
+  slab_free (&pool, objs[0]);
 
   errno = 0;
   check (slab_alloc (&huge) == NULL && errno == ENOMEM,
