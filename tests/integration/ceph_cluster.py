@@ -67,7 +67,6 @@ class CephCluster:
         self.conf = None
         self.procs = {}          # daemon name -> Popen
         self.user_keyring = None
-        self.osd_placed = False
 
     # ------------------------------------------------------------ CLI
 
@@ -232,7 +231,6 @@ keyring = {d}/$name.keyring
 
     def _start(self):
         d = self.dir
-        self.osd_placed = False
         for sub in ("run", "log", "mon", "osd/ceph-0", "mgr/ceph-x"):
             os.makedirs(os.path.join(d, sub))
         fsid, port = str(uuid.uuid4()), free_port()
@@ -260,6 +258,8 @@ keyring = {d}/$name.keyring
                       "allow profile osd", "mgr", "allow profile osd",
                       "osd", "allow *", "-o", d + "/osd/ceph-0/keyring")
         self.cli("ceph-osd", "-i", "0", "--mkfs", "--osd-uuid", osd_uuid)
+        self.ceph("osd", "crush", "add", "osd.0", "1.0", "root=default",
+                  "host=localhost")
         self.start_osd()
         self.ceph_settled("osd", "pool", "create", POOL, str(PG_NUM))
         self.rbd("pool", "init", POOL)
@@ -303,17 +303,17 @@ keyring = {d}/$name.keyring
         self._wait("active placement groups", self.pgs_active, timeout)
 
     def start_osd(self):
-        """Start (or restart) the OSD and wait until it serves."""
-        argv = ["ceph-osd", "-i", "0", "-f"]
-        if self.osd_placed:
-            # Placed in the CRUSH map by its first start.  Asking the
-            # monitor again from a restarted memstore OSD sometimes
-            # fails ('wrong fsid') and the OSD exits; nothing needs it.
-            argv += ["--osd-crush-update-on-start=false",
-                     "--osd-class-update-on-start=false"]
-        self._daemon("osd", argv)
+        """Start (or restart) the OSD and wait until it serves.
+
+        The OSD is placed in the CRUSH map by _start, not by itself: an
+        OSD asks the monitor for that at every start, and that command
+        now and then came back 'wrong fsid' (EPERM), which makes the
+        OSD exit (seen at first start in make bench, and on restarts).
+        """
+        self._daemon("osd", ["ceph-osd", "-i", "0", "-f",
+                             "--osd-crush-update-on-start=false",
+                             "--osd-class-update-on-start=false"])
         self._wait("OSD up", self.osd_up)
-        self.osd_placed = True
 
     def stop_daemon(self, name, sig=signal.SIGTERM):
         """Stop one daemon by its PID; SIGKILL after STOP_TIMEOUT."""
