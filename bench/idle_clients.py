@@ -8,13 +8,15 @@ Run with Debian's /usr/bin/python3 (`make bench` runs it after bench.py):
 For each server in turn, on a Unix socket in a private directory, with
 a 1 GiB disk (memory plugin; qemu-nbd a sparse raw file in /dev/shm):
 
-1. fio 4k randread QD8 on one connection, alone;
+1. fio 4k randread QD8 on one connection, alone (--fio-runs runs);
 2. N raw clients (bench/idle_clients.c) that finish NBD_OPT_GO and sit
    idle: how many the server holds, how fast they connect, its thread
    count and RSS per idle client once they are in;
-3. the same fio run with them connected;
-4. all of them close: threads and RSS 1 s later; fio alone again (the
-   "alone" figure is the mean of the two runs without them);
+3. the same fio runs with them connected;
+4. all of them close: threads and RSS 1 s later; fio alone again, as
+   many runs.  Each figure is the median of its runs, and "alone" that
+   of the runs before and after, so that a single run that the machine
+   slowed (plus or minus 10% here) does not decide the ratio;
 5. 1,000 clients that connect and send nothing, then one new client:
    the time from connect to the answer of its first READ.
 
@@ -31,6 +33,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -228,13 +231,13 @@ class Clients:
             self.proc.wait()
 
 
-def measure(name, argv, exe, tmpdir, n, fio_seconds):
+def measure(name, argv, exe, tmpdir, n, fio_seconds, fio_runs):
     sock = os.path.join(tmpdir, "sock")
     srv = Server(argv, sock, os.path.join(tmpdir, name.split()[0] + ".log"))
     res = {}
     try:
         log(f"{name}: fio alone")
-        res["iops_alone"] = run_fio(sock, fio_seconds)
+        alone = [run_fio(sock, fio_seconds) for _ in range(fio_runs)]
         time.sleep(0.5)
         res["threads_base"], res["rss_base"] = srv.threads(), srv.rss()
         log(f"{name}: {n} idle clients")
@@ -247,15 +250,16 @@ def measure(name, argv, exe, tmpdir, n, fio_seconds):
             res["rss_per_client"] = ((rss - res["rss_base"]) / idle.held
                                      if idle.held else None)
             log(f"{name}: fio with them")
-            res["iops_with"] = run_fio(sock, fio_seconds)
+            res["iops_with"] = statistics.median(
+                run_fio(sock, fio_seconds) for _ in range(fio_runs))
         finally:
             idle.close()
         time.sleep(SETTLE)
         res["threads_after"], res["rss_after"] = srv.threads(), srv.rss()
         # Alone again, so that machine noise weighs on both sides.
         log(f"{name}: fio alone again")
-        res["iops_alone"] = (res["iops_alone"]
-                             + run_fio(sock, fio_seconds)) / 2
+        alone += [run_fio(sock, fio_seconds) for _ in range(fio_runs)]
+        res["iops_alone"] = statistics.median(alone)
         log(f"{name}: {STALLED} stalled handshakes, then a new client")
         stalled = Clients(exe, "stall", sock, STALLED, 30)
         try:
@@ -333,6 +337,9 @@ def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=10000)
     p.add_argument("--fio-seconds", type=int, default=3)
+    p.add_argument("--fio-runs", type=int, default=3,
+                   help="fio runs in each phase: alone, with them, "
+                   "alone again (default 3)")
     p.add_argument("--nbdsrv", default=os.path.join(REPO, "build", "nbdsrv"))
     p.add_argument("--servers", help="names to run, comma-separated "
                    "(nbdsrv,nbdkit,qemu-nbd)")
@@ -362,8 +369,8 @@ def main(argv):
             n = args.clients
             if name.startswith("nbdkit"):
                 n = min(n, nbdkit_cap())
-            results[name] = measure(name, build(sock), exe, tmpdir,
-                                    n, args.fio_seconds)
+            results[name] = measure(name, build(sock), exe, tmpdir, n,
+                                    args.fio_seconds, args.fio_runs)
             results[name]["offered"] = n
             names.append(name)
         print(f"\n{args.clients:,} idle clients on a Unix socket "

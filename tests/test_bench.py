@@ -68,6 +68,7 @@ def test_idle_clients_bench_runs(tmp_path):
     subprocess.run([sys.executable,
                     os.path.join(ROOT, "bench", "idle_clients.py"),
                     "--clients", "100", "--fio-seconds", "1",
+                    "--fio-runs", "1",
                     "--servers", "nbdsrv,qemu-nbd", "--nbdsrv", BUILD,
                     "--json", str(out)],
                    check=True, timeout=600, stdout=subprocess.DEVNULL,
