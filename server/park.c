@@ -19,7 +19,6 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
@@ -212,20 +211,14 @@ park_buffers_get (void)
   return block;
 }
 
-/* After a burst: unmap the cached blocks. */
+/* After a burst: unmap the cached blocks.  Rare, so under the lock. */
 void
 park_buffers_trim (void)
 {
-  char *blocks[BUFFERS_CACHED];
-  size_t n;
-
   pthread_mutex_lock (&buffers_lock);
-  n = nbuffers;
-  memcpy (blocks, buffers, n * sizeof *blocks);
-  nbuffers = 0;
+  while (nbuffers > 0)
+    munmap (buffers[--nbuffers], BUFFER_BYTES);
   pthread_mutex_unlock (&buffers_lock);
-  while (n > 0)
-    munmap (blocks[--n], BUFFER_BYTES);
 }
 
 void
