@@ -424,6 +424,14 @@ conn_fill_iov (struct connection *conn, const struct iovec *iov, int iovcnt)
   }
 }
 
+static ssize_t
+conn_fill (struct connection *conn, void *dst, size_t n)
+{
+  struct iovec iov = { .iov_base = dst, .iov_len = n };
+
+  return conn_fill_iov (conn, &iov, 1);
+}
+
 /* A client that sends its next request within SPIN_ON_NS of the last
  * reply (one request at a time, QD1) is polled for up to SPIN_NS before
  * the thread blocks: on a VM a vCPU that goes idle takes tens of us to
@@ -435,7 +443,7 @@ conn_fill_iov (struct connection *conn, const struct iovec *iov, int iovcnt)
 #define SPIN_ON_NS 300000
 
 static ssize_t
-conn_recv_adaptive (struct connection *conn)
+conn_recv_adaptive (struct connection *conn, size_t want)
 {
   int64_t t;
   ssize_t r;
@@ -444,7 +452,7 @@ conn_recv_adaptive (struct connection *conn)
     int64_t end = monotonic_ns () + SPIN_NS;
 
     do {
-      r = recv (conn->fd_in, conn->rbuf, CONN_RBUF_SIZE, MSG_DONTWAIT);
+      r = recv (conn->fd_in, conn->rbuf, want, MSG_DONTWAIT);
       if (r >= 0 || (errno != EAGAIN && errno != EINTR))
         return r;
       sched_yield ();         /* a busy machine: others run first */
@@ -453,19 +461,19 @@ conn_recv_adaptive (struct connection *conn)
   }
   t = monotonic_ns ();
   do
-    r = recv (conn->fd_in, conn->rbuf, CONN_RBUF_SIZE, 0);
+    r = recv (conn->fd_in, conn->rbuf, want, 0);
   while (r == -1 && errno == EINTR);
   conn->spin = r > 0 && monotonic_ns () - t < SPIN_ON_NS;
   return r;
 }
 
 /* At a request boundary with nothing buffered, on a connection that
- * may park: fill rbuf with what arrives within the grace period (none
- * with park_now).  Returns bytes, 0 at EOF, -1 with errno (EAGAIN: the
- * client is idle).
+ * may park: fill rbuf with up to WANT bytes of what arrives within the
+ * grace period (none with park_now).  Returns bytes, 0 at EOF, -1 with
+ * errno (EAGAIN: the client is idle).
  */
 static ssize_t
-conn_fill_request (struct connection *conn)
+conn_fill_request (struct connection *conn, size_t want)
 {
   struct iovec iov = { .iov_base = conn->rbuf, .iov_len = CONN_RBUF_SIZE };
   ssize_t r;
@@ -491,11 +499,30 @@ conn_fill_request (struct connection *conn)
     return -1;
   if (conn->park_now) {
     do
-      r = recv (conn->fd_in, conn->rbuf, CONN_RBUF_SIZE, MSG_DONTWAIT);
+      r = recv (conn->fd_in, conn->rbuf, want, MSG_DONTWAIT);
     while (r == -1 && errno == EINTR);
     return r;
   }
-  return conn_recv_adaptive (conn);
+  return conn_recv_adaptive (conn, want);
+}
+
+/* How much to read into rbuf at a request boundary.  After a large
+ * payload the next request is likely another large WRITE, already
+ * queued behind its header: reading just the header lets its payload
+ * go straight to its place (conn_readv) instead of up to 128 KiB of it
+ * being copied out of rbuf.  Over TLS a read brings whole records
+ * anyway.
+ */
+static size_t
+conn_request_want (struct connection *conn)
+{
+  bool exact = conn->hdr_exact && !conn->tls;
+
+  conn->hdr_exact = false;
+  if (!exact)
+    return CONN_RBUF_SIZE;
+  return conn->extended ? sizeof (struct nbd_request_ext)
+    : sizeof (struct nbd_request);
 }
 
 /* conn_read for the start of a request: -1 with errno EAGAIN when the
@@ -505,8 +532,11 @@ conn_fill_request (struct connection *conn)
 int
 conn_read_request (struct connection *conn, void *buf, size_t n)
 {
-  if (conn->can_park && conn->rpos == conn->rlen) {
-    ssize_t r = conn_fill_request (conn);
+  size_t want = conn_request_want (conn);
+
+  if (conn->rpos == conn->rlen && (conn->can_park || want < CONN_RBUF_SIZE)) {
+    ssize_t r = conn->can_park ? conn_fill_request (conn, want)
+      : conn_fill (conn, conn->rbuf, want);
 
     if (r <= 0) {
       if (r == 0)
@@ -520,14 +550,6 @@ conn_read_request (struct connection *conn, void *buf, size_t n)
   return conn_read (conn, buf, n);
 }
 
-static ssize_t
-conn_fill (struct connection *conn, void *dst, size_t n)
-{
-  struct iovec iov = { .iov_base = dst, .iov_len = n };
-
-  return conn_fill_iov (conn, &iov, 1);
-}
-
 /* Read exactly N bytes.  Small reads come through rbuf, so one read()
  * picks up many pipelined requests; large payloads go straight to BUF.
  * Returns 0, or -1 with errno (0 for EOF before the first byte).
@@ -537,6 +559,9 @@ conn_read (struct connection *conn, void *buf, size_t n)
 {
   char *p = buf;
   bool started = false;
+
+  if (n >= CONN_RBUF_SIZE / 2)
+    conn->hdr_exact = true;
 
   while (n > 0) {
     size_t avail = conn->rlen - conn->rpos;
@@ -581,6 +606,12 @@ conn_read (struct connection *conn, void *buf, size_t n)
 int
 conn_readv (struct connection *conn, struct iovec *iov, int iovcnt)
 {
+  size_t total = 0;
+
+  for (int i = 0; i < iovcnt; ++i)
+    total += iov[i].iov_len;
+  if (total >= CONN_RBUF_SIZE / 2)
+    conn->hdr_exact = true;
   while (iovcnt > 0) {
     size_t avail = conn->rlen - conn->rpos;
     ssize_t r;

@@ -68,6 +68,8 @@ struct connection {
   char *rbuf;                   /* owned (park.c's block), CONN_RBUF_SIZE
                                    bytes; NULL while parked */
   size_t rpos, rlen;            /* unread bytes are rbuf[rpos..rlen) */
+  bool hdr_exact;               /* a large payload was just read: read
+                                   only the next request's header */
   char *obuf;                   /* batched replies (reply.c): the same
                                    block, after rbuf */
   size_t olen;                  /* bytes waiting in obuf */

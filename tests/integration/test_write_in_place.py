@@ -17,7 +17,9 @@ import threading
 import pytest
 
 from conftest import NBDSRV
-from util import block_status, connect, start_both
+from nbdraw import (Client, CMD_FLAG_PAYLOAD_LEN, CMD_FLUSH, CMD_READ,
+                    CMD_WRITE)
+from util import accepting, block_status, connect, start_both
 
 nbd = pytest.importorskip("nbd")
 
@@ -135,3 +137,66 @@ def test_in_place_write_on_stdin():
     h.pwrite(data, 12345)
     assert h.pread(MiB, 12345) == data
     h.shutdown()
+
+
+STILL = 4 * MiB - 64 * KiB    # not written while requests are in flight
+
+
+def pipelined_writes_and_reads(c, flags):
+    """Large WRITEs each followed at once by small requests, all sent
+    before any reply is read: after a large payload nbdsrv reads only
+    the next header, so each request must still be framed where the
+    last one ended.  Requests in flight together may run in any order,
+    so the READs among them read a region written before.  Returns the
+    requests, the replies by cookie and the model."""
+    rnd = random.Random(11)
+    model = bytearray(4 * MiB)
+    still = rnd.randbytes(64 * KiB)
+    model[STILL:STILL + len(still)] = still
+    assert c.request(CMD_WRITE, flags, offset=STILL, length=len(still),
+                     payload=still).error == 0
+    sent = []
+    # No two writes overlap: those in flight together land in any order.
+    for off, length in ((0, MiB), (MiB + 64 * KiB + 5, 200 * KiB),
+                        (3 * MiB, 64 * KiB), (2 * MiB - 3, 96 * KiB)):
+        data = rnd.randbytes(length)
+        model[off:off + length] = data
+        sent.append((c.send_request(CMD_WRITE, flags, offset=off,
+                                    length=length, payload=data), None))
+        small = rnd.randbytes(512)
+        at = off + length + 4096
+        model[at:at + 512] = small
+        sent.append((c.send_request(CMD_WRITE, flags, offset=at,
+                                    length=512, payload=small), None))
+        at = STILL + rnd.randrange(60 * KiB)
+        sent.append((c.send_request(CMD_READ, offset=at, length=4096),
+                     (at, 4096)))
+        sent.append((c.send_request(CMD_FLUSH), None))
+    replies = {}
+    for _ in sent:
+        r = c.read_reply()
+        replies[r.cookie] = r
+    return sent, replies, model
+
+
+@pytest.mark.parametrize("extended", [False, True],
+                         ids=["compact", "extended"])
+def test_small_requests_right_behind_large_payloads(server, extended):
+    srv = accepting(server)("memory", "size=4M")
+    with Client(srv.sock) as c:
+        if extended:
+            c.start()
+            c.extended_headers()
+            c.go()
+        else:
+            c.handshake(structured=True)
+        flags = CMD_FLAG_PAYLOAD_LEN if extended else 0
+        sent, replies, model = pipelined_writes_and_reads(c, flags)
+        for cookie, read in sent:
+            assert replies[cookie].error == 0, replies[cookie]
+            if read:
+                off, length = read
+                assert replies[cookie].data == model[off:off + length]
+        r = c.request(CMD_READ, offset=0, length=4 * MiB)
+        assert r.error == 0 and r.data == model
+
