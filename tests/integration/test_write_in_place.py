@@ -13,6 +13,7 @@ requests.  A payload cut short never lands: test_faults.py.
 import os
 import random
 import threading
+import time
 
 import pytest
 
@@ -200,3 +201,23 @@ def test_small_requests_right_behind_large_payloads(server, extended):
         r = c.request(CMD_READ, offset=0, length=4 * MiB)
         assert r.error == 0 and r.data == model
 
+
+def test_a_payload_that_trickles_in(server):
+    """A 1 MiB payload sent in pieces with pauses far longer than the
+    server polls before it blocks: the write lands whole, and the
+    connection goes on."""
+    srv = accepting(server)("memory", "size=4M")
+    data = os.urandom(MiB)
+    with Client(srv.sock) as c:
+        c.handshake(structured=True)
+        cookie = c.send_request(CMD_WRITE, offset=4096, length=MiB,
+                                payload=data[:1000])
+        for start in (1000, 300 * KiB, 301 * KiB, 900 * KiB):
+            time.sleep(0.05)
+            end = {1000: 300 * KiB, 300 * KiB: 301 * KiB,
+                   301 * KiB: 900 * KiB, 900 * KiB: MiB}[start]
+            c.send(data[start:end])
+        r = c.read_reply()
+        assert r.cookie == cookie and r.error == 0, r
+        r = c.request(CMD_READ, offset=4096, length=MiB)
+        assert r.error == 0 and r.data == data
