@@ -8,15 +8,18 @@ Run with Debian's /usr/bin/python3 (`make bench` runs it after bench.py):
 For each server in turn, on a Unix socket in a private directory, with
 a 1 GiB disk (memory plugin; qemu-nbd a sparse raw file in /dev/shm):
 
-1. fio 4k randread QD8 on one connection, alone (--fio-runs runs);
+1. fio 4k randread QD8 on one connection, alone (--fio-runs runs of
+   --fio-seconds each);
 2. N raw clients (bench/idle_clients.c) that finish NBD_OPT_GO and sit
    idle: how many the server holds, how fast they connect, its thread
    count and RSS per idle client once they are in;
 3. the same fio runs with them connected;
 4. all of them close: threads and RSS 1 s later; fio alone again, as
-   many runs.  Each figure is the median of its runs, and "alone" that
-   of the runs before and after, so that a single run that the machine
-   slowed (plus or minus 10% here) does not decide the ratio;
+   many runs.  "With them" is the mean of its runs and "alone" that of
+   the runs before and after.  One fio run here strays 8 to 13% from
+   the mean (standard deviation) however long it runs, 1, 3 or 6 s
+   alike, so the ratio rests on many short runs: with 12 and 24 of
+   them its standard error is about 4%;
 5. 1,000 clients that connect and send nothing, then one new client:
    the time from connect to the answer of its first READ.
 
@@ -250,8 +253,9 @@ def measure(name, argv, exe, tmpdir, n, fio_seconds, fio_runs):
             res["rss_per_client"] = ((rss - res["rss_base"]) / idle.held
                                      if idle.held else None)
             log(f"{name}: fio with them")
-            res["iops_with"] = statistics.median(
-                run_fio(sock, fio_seconds) for _ in range(fio_runs))
+            res["iops_with_runs"] = [run_fio(sock, fio_seconds)
+                                     for _ in range(fio_runs)]
+            res["iops_with"] = statistics.mean(res["iops_with_runs"])
         finally:
             idle.close()
         time.sleep(SETTLE)
@@ -259,7 +263,8 @@ def measure(name, argv, exe, tmpdir, n, fio_seconds, fio_runs):
         # Alone again, so that machine noise weighs on both sides.
         log(f"{name}: fio alone again")
         alone += [run_fio(sock, fio_seconds) for _ in range(fio_runs)]
-        res["iops_alone"] = statistics.median(alone)
+        res["iops_alone_runs"] = alone
+        res["iops_alone"] = statistics.mean(alone)
         log(f"{name}: {STALLED} stalled handshakes, then a new client")
         stalled = Clients(exe, "stall", sock, STALLED, 30)
         try:
@@ -336,10 +341,10 @@ def table(results, names):
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=10000)
-    p.add_argument("--fio-seconds", type=int, default=3)
-    p.add_argument("--fio-runs", type=int, default=3,
+    p.add_argument("--fio-seconds", type=int, default=1)
+    p.add_argument("--fio-runs", type=int, default=12,
                    help="fio runs in each phase: alone, with them, "
-                   "alone again (default 3)")
+                   "alone again (default 12)")
     p.add_argument("--nbdsrv", default=os.path.join(REPO, "build", "nbdsrv"))
     p.add_argument("--servers", help="names to run, comma-separated "
                    "(nbdsrv,nbdkit,qemu-nbd)")
