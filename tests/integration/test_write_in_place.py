@@ -202,22 +202,56 @@ def test_small_requests_right_behind_large_payloads(server, extended):
         assert r.error == 0 and r.data == model
 
 
+def cpu_ticks(pid):
+    """utime + stime of every thread of PID, in clock ticks."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def test_a_payload_that_trickles_in(server):
-    """A 1 MiB payload sent in pieces with pauses far longer than the
-    server polls before it blocks: the write lands whole, and the
-    connection goes on."""
+    """A 1 MiB payload sent in pieces 50 ms apart, past both the
+    server's poll and the 5 ms receive timeout it parks by: the write
+    lands whole, and the connection goes on."""
     srv = accepting(server)("memory", "size=4M")
     data = os.urandom(MiB)
+    bounds = [0, 1000, 300 * KiB, 301 * KiB, 900 * KiB, MiB]
     with Client(srv.sock) as c:
         c.handshake(structured=True)
         cookie = c.send_request(CMD_WRITE, offset=4096, length=MiB,
-                                payload=data[:1000])
-        for start in (1000, 300 * KiB, 301 * KiB, 900 * KiB):
-            time.sleep(0.05)
-            end = {1000: 300 * KiB, 300 * KiB: 301 * KiB,
-                   301 * KiB: 900 * KiB, 900 * KiB: MiB}[start]
+                                payload=b"")
+        for start, end in zip(bounds, bounds[1:]):
             c.send(data[start:end])
+            time.sleep(0.05)
         r = c.read_reply()
         assert r.cookie == cookie and r.error == 0, r
         r = c.request(CMD_READ, offset=4096, length=MiB)
         assert r.error == 0 and r.data == data
+
+
+def test_a_trickled_payload_does_not_keep_the_server_busy(server):
+    """A 64 KiB payload sent in 1,000 pieces about half a millisecond
+    apart: the server polls at most 114 us over the whole payload
+    (50 us plus 1 us per KiB), then blocks between pieces, so its CPU
+    time stays a small share of the trickle's duration.  A server that
+    polled through every gap would be busy all along."""
+    srv = accepting(server)("memory", "size=4M")
+    data = os.urandom(64 * KiB)
+    piece = len(data) // 1000 + 1
+    with Client(srv.sock) as c:
+        c.handshake(structured=True)
+        assert c.request(CMD_FLUSH).error == 0
+        ticks = cpu_ticks(srv.pid)
+        start = time.monotonic()
+        cookie = c.send_request(CMD_WRITE, offset=0, length=len(data),
+                                payload=b"")
+        for off in range(0, len(data), piece):
+            c.send(data[off:off + piece])
+            time.sleep(0.0005)
+        r = c.read_reply()
+        elapsed = time.monotonic() - start
+        ticks = cpu_ticks(srv.pid) - ticks
+        assert r.cookie == cookie and r.error == 0, r
+        assert c.request(CMD_READ, offset=0, length=len(data)).data == data
+    clk_tck = os.sysconf("SC_CLK_TCK")
+    assert ticks / clk_tck < 0.25 * elapsed, (ticks, elapsed)
