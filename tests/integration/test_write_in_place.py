@@ -20,6 +20,7 @@ import pytest
 from conftest import NBDSRV
 from nbdraw import (Client, CMD_FLAG_PAYLOAD_LEN, CMD_FLUSH, CMD_READ,
                     CMD_WRITE)
+from test_idle_cpu import CLK_TCK, cpu_ticks
 from util import accepting, block_status, connect, start_both
 
 nbd = pytest.importorskip("nbd")
@@ -202,13 +203,6 @@ def test_small_requests_right_behind_large_payloads(server, extended):
         assert r.error == 0 and r.data == model
 
 
-def cpu_ticks(pid):
-    """utime + stime of every thread of PID, in clock ticks."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def test_a_payload_that_trickles_in(server):
     """A 1 MiB payload sent in pieces 50 ms apart, past both the
     server's poll and the 5 ms receive timeout it parks by: the write
@@ -253,5 +247,4 @@ def test_a_trickled_payload_does_not_keep_the_server_busy(server):
         ticks = cpu_ticks(srv.pid) - ticks
         assert r.cookie == cookie and r.error == 0, r
         assert c.request(CMD_READ, offset=0, length=len(data)).data == data
-    clk_tck = os.sysconf("SC_CLK_TCK")
-    assert ticks / clk_tck < 0.25 * elapsed, (ticks, elapsed)
+    assert ticks / CLK_TCK < 0.25 * elapsed, (ticks, elapsed)
