@@ -60,13 +60,20 @@ static unsigned char *zbuf;     /* owned, zbuf_len; writers only */
 static size_t zbuf_len;
 static pthread_rwlock_t zlock = PTHREAD_RWLOCK_INITIALIZER;
 
-/* A reading thread's own context and page buffer. */
+/* A reading thread's own context and page buffer.  Every reader is
+ * also on a list: pthread_key_delete runs no destructor, so at close
+ * the readers of threads still alive (workers of a server shutting
+ * down) must be freed from here.
+ */
 struct zreader {
   ZSTD_DCtx *dctx;              /* owned */
+  struct zreader *next, **prevp;        /* readers, under readers_lock */
   unsigned char page[ZPAGE_SIZE];
 };
 static pthread_key_t reader_key;
 static bool reader_key_made;
+static pthread_mutex_t readers_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct zreader *readers;
 
 /* Index of the first slot whose page number is >= PAGENO. */
 static size_t
@@ -97,6 +104,11 @@ zstd_reader_free (void *p)
 {
   struct zreader *r = p;
 
+  pthread_mutex_lock (&readers_lock);
+  if (r->next)
+    r->next->prevp = r->prevp;
+  *r->prevp = r->next;
+  pthread_mutex_unlock (&readers_lock);
   ZSTD_freeDCtx (r->dctx);
   free (r);
 }
@@ -117,6 +129,13 @@ zstd_reader (void)
     free (r);
     return NULL;
   }
+  pthread_mutex_lock (&readers_lock);
+  r->next = readers;
+  r->prevp = &readers;
+  if (readers)
+    readers->prevp = &r->next;
+  readers = r;
+  pthread_mutex_unlock (&readers_lock);
   return r;
 }
 
@@ -363,12 +382,10 @@ zstd_close (void)
   free (zbuf);
   zbuf = NULL;
   if (reader_key_made) {
-    struct zreader *r = pthread_getspecific (reader_key);
-
-    if (r)
-      zstd_reader_free (r);
     pthread_key_delete (reader_key);
     reader_key_made = false;
+    while (readers)
+      zstd_reader_free (readers);
   }
 }
 
