@@ -625,7 +625,7 @@ conn_read (struct connection *conn, void *buf, size_t n)
   char *p = buf;
   bool started = false;
   bool direct = n >= CONN_RBUF_SIZE / 2;        /* a payload */
-  int64_t spin_left = payload_spin_budget (n);
+  int64_t spin_left = direct ? payload_spin_budget (n) : 0;
 
   if (direct)
     conn->hdr_exact = true;
